@@ -1,0 +1,21 @@
+# make train   - set up .venv if missing, get MNIST, train the default model (ARGS=... adds overrides)
+# make test    - set up .venv if missing, run the test suite
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+INSTALLED := $(VENV)/.installed
+
+.PHONY: install train test
+
+install: $(INSTALLED)
+
+$(INSTALLED): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	touch $@
+
+train: $(INSTALLED)
+	$(PY) -m mlp_sweep.train $(ARGS)
+
+test: $(INSTALLED)
+	$(PY) -m pytest -q $(PYTEST_ARGS)

@@ -1,0 +1,1 @@
+"""mlp_sweep: Hydra-configured MLP training and hyperparameter sweeps on PyTorch."""

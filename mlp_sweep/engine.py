@@ -1,0 +1,103 @@
+"""The training loop and the evaluation, on whole tensors sliced into batches."""
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mlp_sweep.data import Split, Splits
+
+
+class DivergedError(RuntimeError):
+    """The training loss became NaN or infinite: the run stops instead of training on."""
+
+
+@dataclass
+class EpochMetrics:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_accuracy: float | None
+    test_accuracy: float
+    epoch_time_s: float
+
+
+def fit(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    splits: Splits,
+    epochs: int,
+    batch_size: int,
+    generator: torch.Generator,
+    on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
+    progress: bool = True,
+) -> list[EpochMetrics]:
+    """Train for `epochs`, evaluating after each; `on_epoch` sees every epoch's metrics."""
+    history = []
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_loss, train_accuracy = train_epoch(
+            model, optimizer, splits.train, batch_size, generator,
+            description=f"epoch {epoch}/{epochs}", progress=progress,
+        )
+        epoch_time = time.perf_counter() - start
+        metrics = EpochMetrics(
+            epoch=epoch,
+            train_loss=train_loss,
+            train_accuracy=train_accuracy,
+            val_accuracy=evaluate(model, splits.val) if splits.val is not None else None,
+            test_accuracy=evaluate(model, splits.test),
+            epoch_time_s=epoch_time,
+        )
+        history.append(metrics)
+        on_epoch(metrics)
+    return history
+
+
+def train_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    train: Split,
+    batch_size: int,
+    generator: torch.Generator,
+    description: str = "train",
+    progress: bool = False,
+) -> tuple[float, float]:
+    """One pass over a shuffled copy of `train`; returns (mean loss, accuracy) over the epoch."""
+    model.train()
+    n = len(train)
+    # One gather per epoch, then every batch is a contiguous view: no per-step copy.
+    order = torch.randperm(n, generator=generator).to(train.labels.device)
+    inputs, labels = train.inputs[order], train.labels[order]
+    loss_sum = 0.0
+    correct = torch.zeros((), dtype=torch.int64, device=labels.device)
+    steps = range(0, n, batch_size)
+    for start in tqdm(steps, desc=description, unit="batch", disable=not progress,
+                      leave=False, mininterval=0.5):
+        x, y = inputs[start:start + batch_size], labels[start:start + batch_size]
+        logits = model(x)
+        loss = nn.functional.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        batch_loss = loss.item()
+        if not math.isfinite(batch_loss):
+            raise DivergedError(f"training loss is {batch_loss} at sample {start} of the epoch")
+        loss_sum += batch_loss * len(y)
+        correct += (logits.argmax(1) == y).sum()
+    return loss_sum / n, correct.item() / n
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, split: Split, batch_size: int = 8192) -> float:
+    """Accuracy of `model` on `split`, in large batches without autograd."""
+    model.eval()
+    correct = sum(
+        (model(split.inputs[i:i + batch_size]).argmax(1) == split.labels[i:i + batch_size]).sum().item()
+        for i in range(0, len(split), batch_size)
+    )
+    return correct / len(split)

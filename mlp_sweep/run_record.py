@@ -1,0 +1,64 @@
+"""What a run leaves in its folder: status.json, metrics.json and model.pt.
+
+Every file is written to a temporary name and renamed, so a killed run never leaves a half-written
+file, and `status.json` says `completed` only once the metrics and weights are in place.
+"""
+
+import json
+import os
+import time
+import traceback
+from pathlib import Path
+
+import torch
+from torch import nn
+
+STATUS_FILE = "status.json"
+METRICS_FILE = "metrics.json"
+WEIGHTS_FILE = "model.pt"
+
+
+class RunRecord:
+    """The files of one run folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.started = time.time()
+
+    def running(self) -> None:
+        self._write_status("running")
+
+    def metrics(self, metrics: dict) -> None:
+        """Write the metrics so far; called after every epoch, so a killed run keeps its curve."""
+        _write_json(self.run_dir / METRICS_FILE, metrics)
+
+    def completed(self, model: nn.Module) -> None:
+        _atomic_save(model.state_dict(), self.run_dir / WEIGHTS_FILE)
+        self._write_status("completed")
+
+    def ended(self, state: str, error: BaseException) -> None:
+        """Record a run that did not complete (`failed`, `pruned`), with the reason."""
+        self._write_status(
+            state,
+            error=f"{type(error).__name__}: {error}",
+            traceback="".join(traceback.format_exception(error)),
+        )
+
+    def _write_status(self, state: str, **details: str) -> None:
+        _write_json(
+            self.run_dir / STATUS_FILE,
+            {"state": state, "pid": os.getpid(), "started": self.started,
+             "updated": time.time(), **details},
+        )
+
+
+def _write_json(path: Path, content: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _atomic_save(obj: object, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)

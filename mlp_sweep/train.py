@@ -1,0 +1,137 @@
+"""Train one MLP from the Hydra config and return the objective (test accuracy by default).
+
+    python -m mlp_sweep.train optimizer=sgd activation=leaky_relu trainer.epochs=2
+    python -m mlp_sweep.train --multirun optimizer=adam,sgd,rmsprop activation=relu,sigmoid
+    python -m mlp_sweep.train --multirun hparams_search=optuna
+"""
+
+import logging
+import sys
+from pathlib import Path
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mlp_sweep import run_dirs
+from mlp_sweep.config import (ALLOWED_ACTIVATIONS, ALLOWED_OPTIMIZERS, validate,
+                              with_canonical_names)
+from mlp_sweep.data import Split, Splits, load_splits
+from mlp_sweep.devices import resolve_device
+from mlp_sweep.engine import EpochMetrics, fit
+from mlp_sweep.errors import UserError
+from mlp_sweep.model import MLP, parameter_count
+from mlp_sweep.run_record import RunRecord
+
+log = logging.getLogger(__name__)
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
+    """Train the model `cfg` describes and return `cfg.objective` from the last epoch.
+
+    `run_dir` receives status.json, metrics.json and model.pt; with Hydra it defaults to the
+    run's output folder, without Hydra nothing is written.
+    """
+    if run_dir is None and HydraConfig.initialized():
+        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    record = RunRecord(run_dir) if run_dir is not None else None
+    if record:
+        record.running()
+    try:
+        return _train(cfg, record)
+    except BaseException as error:
+        if record:
+            record.ended("failed", error)
+        raise
+
+
+def _train(cfg: DictConfig, record: RunRecord | None) -> float:
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(cfg.trainer.threads)
+    torch.manual_seed(cfg.trainer.seed)
+
+    splits = _on_device(load_splits(cfg.dataset), device)
+    activation = instantiate(cfg.activation, _partial_=True,
+                             _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
+    model = MLP(cfg.dataset.input_shape, cfg.model.hidden_sizes, cfg.dataset.num_classes,
+                activation, cfg.model.dropout).to(device)
+    optimizer = instantiate(cfg.optimizer, _partial_=True,
+                            _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
+    log.info(f"Model: {model}")
+    log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
+             f"{len(splits.train)} training samples; device {device} "
+             f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
+
+    history: list[EpochMetrics] = []
+
+    def after_epoch(metrics: EpochMetrics) -> None:
+        history.append(metrics)
+        val = "" if metrics.val_accuracy is None else f"  val_acc {metrics.val_accuracy:.2%}"
+        log.info(f"epoch {metrics.epoch}/{cfg.trainer.epochs}  train_loss {metrics.train_loss:.4f}"
+                 f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
+                 f"  {metrics.epoch_time_s:.2f} s")
+        if record:
+            record.metrics(_metrics_summary(cfg, model, device, history))
+
+    fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
+        torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
+        progress=cfg.trainer.progress)
+    if record:
+        record.completed(model)
+    final = history[-1]
+    log.info(f"test accuracy: {final.test_accuracy:.2%}")
+    return float(getattr(final, cfg.objective))
+
+
+def _on_device(splits: Splits, device: torch.device) -> Splits:
+    def move(split: Split | None) -> Split | None:
+        return split and Split(split.inputs.to(device), split.labels.to(device))
+
+    return Splits(move(splits.train), move(splits.val), move(splits.test))
+
+
+def _metrics_summary(cfg: DictConfig, model, device: torch.device,
+                     history: list[EpochMetrics]) -> dict:
+    final = history[-1]
+    best = max(history, key=lambda m: getattr(m, cfg.objective))
+    return {
+        "objective": cfg.objective,
+        "test_accuracy": final.test_accuracy,
+        "val_accuracy": final.val_accuracy,
+        "train_loss": final.train_loss,
+        "best_epoch": best.epoch,
+        "epochs_done": len(history),
+        "train_time_s": sum(m.epoch_time_s for m in history),
+        "parameter_count": parameter_count(model),
+        "device": str(device),
+        "threads": torch.get_num_threads(),
+        "epochs": [vars(m) for m in history],
+    }
+
+
+run_dirs.register()
+
+
+@hydra.main(config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float:
+    try:
+        return train(cfg)
+    except UserError as error:
+        log.error(f"Error: {error}")
+        # A single run or a grid stops here with that one line (the basic sweeper would only
+        # re-raise it with a traceback); a sweeper that records failed trials gets the exception.
+        hydra_cfg = HydraConfig.get()
+        if hydra_cfg.mode == RunMode.RUN or hydra_cfg.sweeper._target_ == BASIC_SWEEPER:
+            sys.exit(1)
+        raise
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,60 @@
+import pytest
+
+from mlp_sweep.config import validate
+from mlp_sweep.devices import resolve_device
+from mlp_sweep.errors import ConfigError
+
+from conftest import compose_config
+
+
+def test_default_config_is_the_course_recipe():
+    cfg = compose_config()
+    validate(cfg)
+    assert cfg.dataset.name == "mnist" and list(cfg.dataset.input_shape) == [1, 28, 28]
+    assert list(cfg.model.hidden_sizes) == [128, 64] and cfg.model.dropout == 0
+    assert cfg.activation._target_ == "torch.nn.ReLU"
+    assert cfg.optimizer._target_ == "torch.optim.Adam" and cfg.optimizer.lr == 1e-3
+    assert (cfg.trainer.batch_size, cfg.trainer.epochs) == (64, 5)
+    assert (list(cfg.dataset.mean), list(cfg.dataset.std)) == ([0.5], [0.5])
+    assert cfg.objective == "test_accuracy"
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("model.hidden_sizes=[128,0]", "model.hidden_sizes=[128, 0] contains 0; allowed: positive integers"),
+        ("model.hidden_sizes=[-5]", "contains -5"),
+        ("model.hidden_sizes=64", "model.hidden_sizes=64 is not a list"),
+        ("model.dropout=1.0", "model.dropout=1.0 is out of range"),
+        ("optimizer.lr=0", "optimizer.lr=0 is not allowed; allowed: a number > 0"),
+        ("optimizer.lr=-0.1", "optimizer.lr=-0.1 is not allowed"),
+        ("trainer.epochs=0", "trainer.epochs=0 is not allowed; allowed: an integer >= 1"),
+        ("trainer.batch_size=-64", "trainer.batch_size=-64 is not allowed"),
+        ("trainer.threads=-1", "trainer.threads=-1 is not allowed; allowed: an integer >= 0"),
+        ("dataset.name=imagenet", "dataset.name='imagenet' is not allowed; allowed: mnist, fashion_mnist, cifar10"),
+        ("optimizer._target_=os.system", "optimizer._target_='os.system' is not allowed; allowed: torch.optim.Adam"),
+        ("activation._target_=builtins.eval", "activation._target_='builtins.eval' is not allowed"),
+        ("objective=loss", "objective='loss' is not allowed; allowed: test_accuracy, val_accuracy"),
+        ("objective=val_accuracy", "objective=val_accuracy needs a validation split"),
+    ],
+)
+def test_bad_values_are_refused_with_key_value_and_what_is_allowed(override, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(override))
+    assert message in str(error.value)
+    assert "\n" not in str(error.value)
+
+
+def test_cpu_is_always_a_device_and_auto_finds_one():
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type in ("cpu", "cuda")
+
+
+def test_absent_or_unknown_device_is_refused():
+    import torch
+
+    absent = f"cuda:{torch.cuda.device_count()}"
+    with pytest.raises(ConfigError, match=f"trainer.device='{absent}' is not present"):
+        resolve_device(absent)
+    with pytest.raises(ConfigError, match="trainer.device='gpu0' is not a device name"):
+        resolve_device("gpu0")
