@@ -1,0 +1,124 @@
+"""Reading run folders back: each run's saved config, metrics and state, and its sweep's study.
+
+A run folder is one that holds `.hydra/config.yaml`; a sweep folder holds numbered run folders.
+Everything is taken from the files a run wrote, never from folder names.
+"""
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.run_record import METRICS_FILE, STATUS_FILE
+
+# Keys that say how a run was executed rather than what was trained.
+NOT_COMPARED = {"trainer.progress"}
+
+
+@dataclass
+class Run:
+    folder: Path
+    params: dict          # group choices (optimizer=adam) and flattened config values
+    metrics: dict | None  # metrics.json, or None when missing or unreadable
+    state: str            # completed, failed, pruned, running, broken
+    error: str | None = None
+    overrides: list[str] = field(default_factory=list)
+    sweeper: dict | None = None  # the sweep's hydra.sweeper config, for Optuna sweeps
+
+
+def find_runs(paths: list[str]) -> list[Run]:
+    """The runs in `paths` (run folders, sweep folders, globs); with none, the newest sweep
+    under `multirun/`, or else every run under `outputs/`."""
+    if not paths:
+        paths = _default_paths()
+    folders: list[Path] = []
+    for pattern in paths:
+        matches = sorted(glob.glob(pattern)) or [pattern]
+        for match in matches:
+            found = _run_folders(Path(match))
+            if not found:
+                raise UserError(f"{match} holds no runs (no .hydra/config.yaml below it)")
+            folders += found
+    unique = list(dict.fromkeys(f.resolve() for f in folders))
+    return [read_run(folder) for folder in unique]
+
+
+def read_run(folder: Path) -> Run:
+    hydra_dir = folder / ".hydra"
+    config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
+    hydra_cfg = _load_yaml(hydra_dir / "hydra.yaml").get("hydra", {})
+    choices = {k: v for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items()
+               if not k.startswith("hydra/")}
+    params = {**choices, **_flatten(config)}
+    params = {k: v for k, v in params.items() if k not in NOT_COMPARED
+              and not k.endswith(("._target_", "._partial_"))}
+    overrides = _load_yaml(hydra_dir / "overrides.yaml") or []
+    sweeper = hydra_cfg.get("sweeper") if "optuna" in str(hydra_cfg.get("sweeper", {}).get("_target_", "")) else None
+
+    metrics, state, error = None, "broken", None
+    try:
+        metrics = json.loads((folder / METRICS_FILE).read_text())
+    except FileNotFoundError:
+        error = f"no {METRICS_FILE}"
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        error = f"{METRICS_FILE} is corrupt ({exc})"
+    status = _load_json(folder / STATUS_FILE)
+    if status:
+        state = status.get("state", "broken")
+        error = status.get("error", error)
+    elif metrics is not None:
+        state = "completed"
+    if state == "completed" and metrics is None:
+        state = "broken"
+    return Run(folder, params, metrics, state, error, overrides, sweeper)
+
+
+def _default_paths() -> list[str]:
+    sweeps = {p.parent.parent.parent for p in Path("multirun").glob("**/.hydra/config.yaml")}
+    if sweeps:
+        return [str(max(sweeps, key=lambda p: (p.stat().st_mtime, str(p))))]
+    if Path("outputs").is_dir():
+        return ["outputs"]
+    raise UserError("no runs found: no multirun/ or outputs/ folder here; "
+                    "pass run or sweep folders, e.g. multirun/2026-11-24/10-00-00")
+
+
+def _run_folders(path: Path) -> list[Path]:
+    if (path / ".hydra" / "config.yaml").is_file():
+        return [path]
+    if not path.is_dir():
+        return []
+    return sorted((p.parent.parent for p in path.rglob(".hydra/config.yaml")),
+                  key=lambda p: (str(p.parent), _numeric(p.name)))
+
+
+def _numeric(name: str) -> tuple:
+    return (0, int(name), "") if name.isdigit() else (1, 0, name)
+
+
+def _flatten(config: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def _load_yaml(path: Path):
+    try:
+        return yaml.safe_load(path.read_text()) or {}
+    except (FileNotFoundError, yaml.YAMLError):
+        return {}
+
+
+def _load_json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
