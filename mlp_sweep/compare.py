@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.runs import Run, find_runs
+from mlp_sweep.runs import Run, find_runs, read_run
 from mlp_sweep.study import StudyRecord, read_studies
 
 
@@ -56,6 +56,9 @@ def compare(paths: list[str], metric: str | None = None, filters: list[str] = ()
     runs = find_runs(paths)
     studies = read_studies(runs)
     for study in studies:
+        # A resumed study's earlier trials live in earlier sweep folders: bring them in.
+        known = {run.folder.resolve() for run in runs}
+        runs += [read_run(folder) for folder in study.run_dirs() if folder.resolve() not in known]
         study.apply_states(runs)
     runs = _filtered(runs, filters)
     metric = metric or _default_metric(runs)

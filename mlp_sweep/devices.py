@@ -1,6 +1,9 @@
-"""Turn `trainer.device` into a torch.device that is really present."""
+"""Turn `trainer.device` into a torch.device that is really present, and pick CPU threads."""
+
+import os
 
 import torch
+from hydra.core.hydra_config import HydraConfig
 
 from mlp_sweep.errors import ConfigError
 
@@ -41,3 +44,17 @@ def available_devices() -> list[str]:
     if torch.backends.mps.is_available():
         names.append("mps")
     return names
+
+
+def cpu_threads(requested: int) -> int | None:
+    """Torch threads for this job: `requested` when > 0; when 0, the cores shared out among the
+    launcher's parallel jobs (joblib's `n_jobs`), or None for torch's own default."""
+    if requested:
+        return requested
+    if not HydraConfig.initialized():
+        return None
+    n_jobs = HydraConfig.get().launcher.get("n_jobs") or 1
+    cores = os.cpu_count() or 1
+    if n_jobs < 0:  # joblib: -1 = all cores, -2 = all but one, ...
+        n_jobs = max(1, cores + 1 + n_jobs)
+    return max(1, cores // n_jobs) if n_jobs > 1 else None

@@ -56,7 +56,8 @@ def read_run(folder: Path) -> Run:
     params = {k: v for k, v in params.items() if k not in NOT_COMPARED
               and not k.endswith(("._target_", "._partial_"))}
     overrides = _load_yaml(hydra_dir / "overrides.yaml") or []
-    sweeper = hydra_cfg.get("sweeper") if "optuna" in str(hydra_cfg.get("sweeper", {}).get("_target_", "")) else None
+    sweeper = hydra_cfg.get("sweeper") or {}
+    sweeper = sweeper if "optuna" in str(sweeper.get("_target_", "")).lower() else None
 
     metrics, state, error = None, "broken", None
     try:

@@ -32,6 +32,11 @@ class StudyRecord:
             if trial is not None:
                 run.state = OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
 
+    def run_dirs(self) -> list[Path]:
+        """The job folders of the study's trials that still exist, from every sweep that ran it."""
+        folders = [Path(t.user_attrs["run_dir"]) for t in self.trials if "run_dir" in t.user_attrs]
+        return [f for f in folders if (f / ".hydra" / "config.yaml").is_file()]
+
     def history(self, runs: list[Run], metric: str) -> list[tuple[int, float | None]]:
         """(trial number, value) in trial order: from the study when stored, else from the
         sweep's job folders, whose numbers follow the trials."""
@@ -74,10 +79,10 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
 
 
 def _load_trials(name: str | None, storage: str) -> list:
-    import optuna  # imported only for sweeps that kept a study
+    from mlp_sweep.storage import load_study  # imports optuna: only for sweeps that kept a study
 
     try:
-        return optuna.load_study(study_name=name, storage=storage).get_trials(deepcopy=False)
+        return load_study(name, storage).get_trials(deepcopy=False)
     except Exception:  # the database moved or is not reachable from here: fall back to the files
         return []
 

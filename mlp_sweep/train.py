@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import hydra
+import optuna
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
@@ -20,11 +21,12 @@ from mlp_sweep import run_dirs
 from mlp_sweep.config import (ALLOWED_ACTIVATIONS, ALLOWED_OPTIMIZERS, validate,
                               with_canonical_names)
 from mlp_sweep.data import Split, Splits, load_splits
-from mlp_sweep.devices import resolve_device
+from mlp_sweep.devices import cpu_threads, resolve_device
 from mlp_sweep.engine import EpochMetrics, fit
 from mlp_sweep.errors import UserError
 from mlp_sweep.model import MLP, parameter_count
 from mlp_sweep.run_record import RunRecord
+from mlp_sweep.trial_link import TrialLink
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,16 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
         return _train(cfg, record)
     except BaseException as error:
         if record:
-            record.ended("failed", error)
+            record.ended("pruned" if isinstance(error, optuna.TrialPruned) else "failed", error)
         raise
 
 
 def _train(cfg: DictConfig, record: RunRecord | None) -> float:
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
-    if cfg.trainer.threads:
-        torch.set_num_threads(cfg.trainer.threads)
+    threads = cpu_threads(cfg.trainer.threads)
+    if threads:
+        torch.set_num_threads(threads)
     torch.manual_seed(cfg.trainer.seed)
 
     splits = _on_device(load_splits(cfg.dataset), device)
@@ -70,6 +73,7 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
              f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
 
     history: list[EpochMetrics] = []
+    trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
 
     def after_epoch(metrics: EpochMetrics) -> None:
         history.append(metrics)
@@ -79,6 +83,8 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
                  f"  {metrics.epoch_time_s:.2f} s")
         if record:
             record.metrics(_metrics_summary(cfg, model, device, history))
+        if trial:
+            trial.report(getattr(metrics, cfg.objective), metrics.epoch)
 
     fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
         torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
@@ -120,9 +126,11 @@ run_dirs.register()
 
 
 @hydra.main(config_path="../conf", config_name="train")
-def main(cfg: DictConfig) -> float:
+def main(cfg: DictConfig) -> float | optuna.TrialPruned:
     try:
         return train(cfg)
+    except optuna.TrialPruned as pruned:
+        return pruned  # an outcome for the sweeper to record, not an error to print
     except UserError as error:
         log.error(f"Error: {error}")
         # A single run or a grid stops here with that one line (the basic sweeper would only

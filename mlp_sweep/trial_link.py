@@ -1,0 +1,45 @@
+"""The job's side of an Optuna trial: report the objective after every epoch, stop when pruned.
+
+The sweeper (mlp_sweep.optuna_sweep) passes the trial's id to the job in the environment; the
+study's name, storage and pruner come from the job's own Hydra config (`hydra.sweeper`), which is
+the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_environment()` is None.
+"""
+
+import logging
+import os
+
+import optuna
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+
+from mlp_sweep.storage import load_study
+
+log = logging.getLogger(__name__)
+
+TRIAL_ID_VARIABLE = "MLP_SWEEP_TRIAL_ID"
+
+
+class TrialLink:
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    @classmethod
+    def from_environment(cls) -> "TrialLink | None":
+        trial_id = os.environ.get(TRIAL_ID_VARIABLE)
+        if trial_id is None or not HydraConfig.initialized():
+            return None
+        sweeper = HydraConfig.get().sweeper
+        if not sweeper.get("storage"):
+            return None  # an in-memory study lives in the sweep process only: nothing to report to
+        pruner = instantiate(sweeper.pruner, _execution_whitelist_=["optuna.pruners.*"]) \
+            if sweeper.get("pruner") else optuna.pruners.NopPruner()
+        study = load_study(sweeper.study_name, sweeper.storage, pruner)
+        return cls(optuna.Trial(study, int(trial_id)))
+
+    def report(self, value: float, epoch: int) -> None:
+        """Record the epoch's objective; raise optuna.TrialPruned when the pruner says stop."""
+        self.trial.report(value, step=epoch)
+        if self.trial.should_prune():
+            log.info(f"pruned after epoch {epoch}: {value:.4f} is below what the pruner "
+                     f"({type(self.trial.study.pruner).__name__}) lets continue")
+            raise optuna.TrialPruned(f"pruned after epoch {epoch} at {value:.4f}")

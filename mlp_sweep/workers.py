@@ -1,0 +1,75 @@
+"""Asynchronous sweep workers: K Optuna sweep processes on one study, started by one command.
+
+    python -m mlp_sweep.workers 2 hydra.sweeper.n_trials=40
+    python -m mlp_sweep.workers 3 hydra.sweeper.storage=postgresql://user@db-host/optuna
+
+Each worker is `python -m mlp_sweep.train --multirun hparams_search=optuna` with one trial at a
+time (`hydra.sweeper.n_jobs=1`) and its own sweep folder; it asks the study for the next trial as
+soon as its last one ends, so no worker waits for a batch's slowest trial as joblib batches do.
+`n_trials` is the study's total across workers. The same command on other hosts, pointed at the
+same PostgreSQL storage, adds workers there: this is Optuna's own distributed mode.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
+
+
+def worker_commands(workers: int, overrides: list[str]) -> list[list[str]]:
+    """The command of each worker: its own sampler seed, its share of the cores."""
+    with initialize_config_dir(config_dir=str(CONF_DIR)):
+        cfg = compose("train", overrides=["hparams_search=optuna", *overrides],
+                      return_hydra_config=True)
+    storage = cfg.hydra.sweeper.storage
+    extra = []
+    if storage is None or str(storage).startswith("sqlite"):
+        extra.append(f"hydra.sweeper.storage={DEFAULT_STORAGE}")  # SQLite locks under parallel writes
+    seed = cfg.hydra.sweeper.sampler.get("seed") or 0
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [
+        [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna", *overrides,
+         *extra, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.sampler.seed={seed + k}",
+         f"trainer.threads={threads}"]
+        for k in range(workers)
+    ]
+
+
+def run_workers(commands: list[list[str]]) -> int:
+    """Start every worker, wait for all; Ctrl-C or SIGTERM is passed on to each of them."""
+    processes = [subprocess.Popen(command) for command in commands]
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [process.wait() for process in processes]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return max(codes, key=abs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlp_sweep.workers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workers", type=int, help="number of sweep processes on this host")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every worker")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"workers={args.workers}: allowed: an integer >= 1")
+    return run_workers(worker_commands(args.workers, args.overrides))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

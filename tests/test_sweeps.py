@@ -1,0 +1,220 @@
+"""Optuna sweeps that survive and scale: resume, pruning, failures, joblib, async workers, and
+several workers on one PostgreSQL study. Every sweep here is the real CLI on real MNIST subsets."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mlp_sweep.optuna_sweep import counted
+from mlp_sweep.search_space import optimizer_specific
+from mlp_sweep.storage import load_study
+from mlp_sweep.train import train
+
+from conftest import compose_config, run_cli
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000",
+         "dataset.val_size=1000"]
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
+
+
+def sweep_args(mnist_root, storage: str, n_trials: int, *extra: str) -> list[str]:
+    return ["--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+            f"hydra.sweeper.storage={storage}", f"hydra.sweeper.n_trials={n_trials}", *SMALL, *extra]
+
+
+def trials_of(storage: str, name: str = "mlp_mnist") -> list:
+    return load_study(name, storage).get_trials(deepcopy=False)
+
+
+def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = sweep_args(mnist_root, storage, 8, "trainer.epochs=4", "dataset.train_limit=12000",
+                      "hydra/sweeper/pruner=none")
+    first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 240
+    while time.time() < deadline:
+        states = [t.state for t in trials_of(storage)] if (tmp_path / "optuna.db").exists() else []
+        if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+            break
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+    before = {t.number: t for t in trials_of(storage) if t.state == TrialState.COMPLETE}
+    assert 2 <= len(before) < 8
+    metrics_before = {n: Path(t.user_attrs["run_dir"], "metrics.json").read_bytes()
+                      for n, t in before.items()}
+
+    second = run_cli(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    after = trials_of(storage)
+    finished = [t for t in counted(load_study("mlp_mnist", storage))]
+    assert len(finished) == 8 and all(t.state == TrialState.COMPLETE for t in finished)
+    for number, trial in before.items():  # kept, not re-run
+        assert after[number].state == TrialState.COMPLETE and after[number].value == trial.value
+        assert Path(trial.user_attrs["run_dir"], "metrics.json").read_bytes() == metrics_before[number]
+    interrupted = [t for t in after if t.user_attrs.get("interrupted")]
+    assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)
+    run_dirs = [t.user_attrs["run_dir"] for t in after]
+    assert len(set(run_dirs)) == len(after)  # no folder shared, none overwritten
+    sweeps = sorted({Path(d).parent for d in run_dirs})
+    assert len(sweeps) == 2
+    resumed = sorted(int(p.name) for p in sweeps[1].iterdir() if p.is_dir())
+    assert resumed[0] > max(before)  # numbered after the trials already stored
+    best = yaml.safe_load((sweeps[1] / "best.yaml").read_text())
+    study = load_study("mlp_mnist", storage)
+    assert (best["trial"], best["value"]) == (study.best_trial.number, study.best_value)
+    assert best["command"].startswith("python -m mlp_sweep.train ")
+    assert best["config"]["objective"] == "val_accuracy"
+
+
+def test_pruner_stops_a_deliberately_bad_configuration(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # Only the learning rate is searched: 1e-3 learns, 1e-7 cannot.
+    result = run_cli(*sweep_args(mnist_root, storage, 6, "trainer.epochs=3", "optimizer=sgd",
+                                 "activation=relu", "model.hidden_sizes=[128,64]",
+                                 "trainer.batch_size=64", "optimizer.lr=choice(0.05,1e-7)",
+                                 "hydra.sweeper.pruner.n_startup_trials=1",
+                                 "hydra.sweeper.pruner.n_warmup_steps=0"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(storage)
+    bad = [t for t in trials if t.params["optimizer.lr"] == 1e-7]
+    good = [t for t in trials if t.params["optimizer.lr"] == 0.05]
+    assert any(t.state == TrialState.PRUNED for t in bad)
+    assert all(t.state == TrialState.COMPLETE for t in good)
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    for trial in pruned:
+        status = json.loads(Path(trial.user_attrs["run_dir"], "status.json").read_text())
+        assert status["state"] == "pruned"
+        assert len(trial.intermediate_values) < 3  # stopped before the last epoch
+
+
+def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_cli(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
+                                 "activation=relu", "model.hidden_sizes=[128,64]",
+                                 "trainer.batch_size=64", "optimizer.lr=choice(0.01,1e12)",
+                                 "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.75"),
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(storage)
+    assert len(trials) == 4
+    diverged = [t for t in trials if t.params["optimizer.lr"] == 1e12]
+    assert diverged and all(t.state == TrialState.FAIL for t in diverged)
+    assert all(t.state == TrialState.COMPLETE for t in trials if t not in diverged)
+    for trial in diverged:
+        assert trial.user_attrs["fail_reason"].startswith("DivergedError: training loss is")
+        status = json.loads(Path(trial.user_attrs["run_dir"], "status.json").read_text())
+        assert status["state"] == "failed" and "Traceback" in status["traceback"]
+        metrics = Path(trial.user_attrs["run_dir"], "metrics.json")
+        assert not metrics.exists()  # stopped inside the first epoch, at the first non-finite loss
+
+
+def test_too_many_failures_stop_the_sweep(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    # An infinite learning rate makes every trial's loss NaN at its second step.
+    result = run_cli(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
+                                 "optimizer.lr=inf", "hydra/sweeper/pruner=none",
+                                 "hydra.sweeper.max_failure_rate=0.3"), cwd=tmp_path)
+    assert result.returncode != 0
+    trials = trials_of(storage)
+    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # 2 > 0.3 * 4: stop there
+
+
+def test_joblib_launcher_runs_trials_side_by_side(tmp_path, mnist_root):
+    storage = f"journal:{tmp_path}/optuna.journal"
+    result = run_cli("--multirun", "hparams_search=optuna_joblib", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
+                     "trainer.epochs=2", *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(storage)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    statuses = [json.loads(Path(t.user_attrs["run_dir"], "status.json").read_text()) for t in trials]
+    assert len({s["pid"] for s in statuses}) == 2  # two worker processes
+    first, second = statuses[0], statuses[1]
+    assert first["started"] < second["updated"] and second["started"] < first["updated"]  # overlap
+    for trial in trials:
+        log = (Path(trial.user_attrs["run_dir"]) / "train.log").read_text()
+        assert f"with {max(1, os.cpu_count() // 2)} threads" in log
+
+
+def assert_each_trial_once(storage: str, name: str, n_trials: int, workers: int) -> None:
+    trials = [t for t in counted(load_study(name, storage))]
+    assert len(trials) == n_trials
+    assert sorted(t.number for t in trials) == sorted({t.number for t in trials})
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    run_dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
+    assert len(set(run_dirs)) == n_trials and all((d / "status.json").is_file() for d in run_dirs)
+    assert len({t.user_attrs["worker"] for t in trials}) == workers  # every worker took trials
+    assert len({d.parent for d in run_dirs}) == workers  # each worker has its own sweep folder
+
+
+def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
+    storage = f"journal:{tmp_path}/optuna.journal"
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.workers", "2", f"dataset.root={mnist_root}",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8", "trainer.epochs=2", *SMALL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert_each_trial_once(storage, "mlp_mnist", 8, workers=2)
+
+
+@pytest.fixture(scope="module")
+def postgres_url(tmp_path_factory):
+    """A real PostgreSQL server on 127.0.0.1: the one `.ci/run` started, else one started here."""
+    if os.environ.get("MLP_SWEEP_TEST_POSTGRES"):
+        yield os.environ["MLP_SWEEP_TEST_POSTGRES"]
+        return
+    folder = tmp_path_factory.mktemp("postgres")
+    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", str(folder), "55433"],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    yield url
+    subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", str(folder)], check=True)
+
+
+def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, postgres_url):
+    name = f"mlp_mnist_{uuid.uuid4().hex[:8]}"
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.workers", "3", f"dataset.root={mnist_root}",
+         f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={name}",
+         "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert_each_trial_once(postgres_url, name, 9, workers=3)
+
+
+def test_validation_objective_is_returned_and_test_accuracy_still_recorded(tmp_path, mnist_root):
+    cfg = compose_config(f"dataset.root={mnist_root}", "objective=val_accuracy",
+                         "dataset.val_size=1000", "trainer.epochs=1", *SMALL)
+    value = train(cfg, run_dir=tmp_path)
+    metrics = json.loads((tmp_path / "metrics.json").read_text())
+    assert value == metrics["val_accuracy"] != metrics["test_accuracy"]
+    assert metrics["objective"] == "val_accuracy" and 0 < metrics["test_accuracy"] <= 1
+
+
+@pytest.mark.parametrize("optimizer, expected", [
+    ("sgd", {"optimizer.momentum", "optimizer.nesterov"}),
+    ("adam", {"optimizer.betas.0", "optimizer.betas.1"}),
+    ("adamw", {"optimizer.betas.0", "optimizer.betas.1"}),
+    ("rmsprop", {"optimizer.alpha"}),
+])
+def test_optimizer_parameters_are_searched_only_for_their_optimizer(optimizer, expected):
+    study = optuna.create_study()
+    trial = study.ask()
+    trial.suggest_categorical("optimizer", [optimizer])
+    optimizer_specific(compose_config(), trial)
+    assert set(trial.params) - {"optimizer"} == expected
