@@ -19,3 +19,8 @@ train: $(INSTALLED)
 
 test: $(INSTALLED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: sweep
+WORKERS ?= 2
+sweep: $(INSTALLED)
+	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)

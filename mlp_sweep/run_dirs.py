@@ -2,8 +2,8 @@
 
 Hydra's default `outputs/${now:%Y-%m-%d}/${now:%H-%M-%S}` is shared by two runs started in one
 second. `${unique_dir:PATH}` creates PATH atomically and, when it already exists, PATH_1, PATH_2...
-OmegaConf caches the result in the config (and Hydra copies that cache into each job's config),
-so every later resolution returns the same folder instead of creating another.
+Hydra resolves the sweep folder more than once in a process (some launchers on fresh copies of the
+config), so the folder made for a PATH is remembered for the life of the process.
 """
 
 import os
@@ -11,13 +11,19 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+_made: dict[str, str] = {}
+
+
 def unique_dir(path: str) -> str:
     """Create and return a folder that did not exist before: `path`, else `path_N`."""
+    if path in _made:
+        return _made[path]
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     candidate, n = path, 0
     while True:
         try:
             os.mkdir(candidate)
+            _made[path] = candidate
             return candidate
         except FileExistsError:
             n += 1

@@ -84,7 +84,8 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
         if record:
             record.metrics(_metrics_summary(cfg, model, device, history))
         if trial:
-            trial.report(getattr(metrics, cfg.objective), metrics.epoch)
+            trial.report(getattr(metrics, cfg.objective), metrics.epoch,
+                         last=metrics.epoch == cfg.trainer.epochs)
 
     fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
         torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,

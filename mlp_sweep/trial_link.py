@@ -36,10 +36,12 @@ class TrialLink:
         study = load_study(sweeper.study_name, sweeper.storage, pruner)
         return cls(optuna.Trial(study, int(trial_id)))
 
-    def report(self, value: float, epoch: int) -> None:
-        """Record the epoch's objective; raise optuna.TrialPruned when the pruner says stop."""
+    def report(self, value: float, epoch: int, last: bool = False) -> None:
+        """Record the epoch's objective; raise optuna.TrialPruned when the pruner says stop.
+
+        After the `last` epoch there is nothing left to save: the trial completes."""
         self.trial.report(value, step=epoch)
-        if self.trial.should_prune():
+        if not last and self.trial.should_prune():
             log.info(f"pruned after epoch {epoch}: {value:.4f} is below what the pruner "
                      f"({type(self.trial.study.pruner).__name__}) lets continue")
             raise optuna.TrialPruned(f"pruned after epoch {epoch} at {value:.4f}")

@@ -218,3 +218,18 @@ def test_optimizer_parameters_are_searched_only_for_their_optimizer(optimizer, e
     trial.suggest_categorical("optimizer", [optimizer])
     optimizer_specific(compose_config(), trial)
     assert set(trial.params) - {"optimizer"} == expected
+
+
+def test_submitit_local_launcher_runs_the_slurm_preset_here(tmp_path, mnist_root):
+    storage = f"journal:{tmp_path}/optuna.journal"
+    result = run_cli("--multirun", "hparams_search=optuna_slurm", "hydra/launcher=submitit_local",
+                     f"dataset.root={mnist_root}", f"hydra.sweeper.storage={storage}",
+                     "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=1",
+                     *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = trials_of(storage)
+    assert sorted(t.number for t in trials) == [0, 1]
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    for trial in trials:  # each ran in a submitit job of its own
+        status = json.loads(Path(trial.user_attrs["run_dir"], "status.json").read_text())
+        assert status["state"] == "completed" and status["pid"] != os.getpid()
