@@ -17,22 +17,31 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from mlp_sweep.storage import open_storage
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
 
 
 def worker_commands(workers: int, overrides: list[str]) -> list[list[str]]:
-    """The command of each worker: its own sampler seed, its share of the cores."""
+    """The command of each worker: its own sampler seed, its share of the cores. Creates the
+    study first, so that the workers do not race to create the database schema."""
     with initialize_config_dir(config_dir=str(CONF_DIR)):
         cfg = compose("train", overrides=["hparams_search=optuna", *overrides],
                       return_hydra_config=True)
-    storage = cfg.hydra.sweeper.storage
-    extra = []
+    sweeper = cfg.hydra.sweeper
+    storage, extra = sweeper.storage, []
     if storage is None or str(storage).startswith("sqlite"):
-        extra.append(f"hydra.sweeper.storage={DEFAULT_STORAGE}")  # SQLite locks under parallel writes
-    seed = cfg.hydra.sweeper.sampler.get("seed") or 0
+        storage = DEFAULT_STORAGE  # SQLite locks under parallel writes
+        extra.append(f"hydra.sweeper.storage={storage}")
+    directions = list(sweeper.direction) if OmegaConf.is_list(sweeper.direction) else [sweeper.direction]
+    optuna.create_study(study_name=sweeper.study_name, storage=open_storage(storage),
+                        directions=[str(d) for d in directions], load_if_exists=True)
+    seed = sweeper.sampler.get("seed") or 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     return [
         [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna", *overrides,

@@ -24,7 +24,7 @@ start)
   ;;
 stop)
   pid=$(head -n 1 "$dir/data/postmaster.pid")
-  kill -TERM "$pid"
+  kill -INT "$pid"   # fast shutdown: ends open client sessions instead of waiting for them
   while kill -0 "$pid" 2>/dev/null; do sleep 0.2; done
   ;;
 *) echo "usage: $0 start DIR [PORT] | stop DIR" >&2; exit 2 ;;

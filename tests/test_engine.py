@@ -26,9 +26,11 @@ def test_fast_path_and_dataloader_give_the_same_losses_on_the_same_batches(mnist
     n = 64 * 12 + 17  # a partial last batch, as DataLoader's drop_last=False gives
     course = datasets.MNIST(mnist_root, train=True, transform=transforms.Compose(
         [transforms.ToTensor(), transforms.Normalize((0.5,), (0.5,))]))
-    # RandomSampler shuffles with torch.randperm on the generator it is given; so does train_epoch.
-    loader = DataLoader(Subset(course, range(n)), batch_size=64, shuffle=True,
-                        generator=torch.Generator().manual_seed(SEED))
+    # train_epoch shuffles with torch.randperm(n, generator). DataLoader(shuffle=True) draws its
+    # workers' seeds from the same generator before its sampler does, so it would visit another
+    # order: the reference gets train_epoch's order explicitly, as its sampler.
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(SEED)).tolist()
+    loader = DataLoader(Subset(course, range(n)), batch_size=64, sampler=order)
     reference = seed_model()
     optimizer = torch.optim.Adam(reference.parameters(), lr=1e-3)
     reference_losses = []
@@ -46,7 +48,7 @@ def test_fast_path_and_dataloader_give_the_same_losses_on_the_same_batches(mnist
     train_epoch(fast, torch.optim.Adam(fast.parameters(), lr=1e-3), train, 64,
                 torch.Generator().manual_seed(SEED))
     hook.remove()
-    labels = train.labels[torch.randperm(n, generator=torch.Generator().manual_seed(SEED))]
+    labels = train.labels[order]
     fast_losses = [nn.functional.cross_entropy(logits, labels[i * 64:(i + 1) * 64]).item()
                    for i, logits in enumerate(logits_per_batch)]
 

@@ -3,9 +3,11 @@ several workers on one PostgreSQL study. Every sweep here is the real CLI on rea
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -174,16 +176,18 @@ def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
 
 
 @pytest.fixture(scope="module")
-def postgres_url(tmp_path_factory):
+def postgres_url():
     """A real PostgreSQL server on 127.0.0.1: the one `.ci/run` started, else one started here."""
     if os.environ.get("MLP_SWEEP_TEST_POSTGRES"):
         yield os.environ["MLP_SWEEP_TEST_POSTGRES"]
         return
-    folder = tmp_path_factory.mktemp("postgres")
-    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", str(folder), "55433"],
+    # Not under pytest's private temporary folder: the server runs as the postgres user.
+    folder = tempfile.mkdtemp(prefix="mlp_sweep_postgres_")
+    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", folder, "55433"],
                          capture_output=True, text=True, check=True).stdout.strip()
     yield url
-    subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", str(folder)], check=True)
+    subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", folder], check=True)
+    shutil.rmtree(folder)
 
 
 def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, postgres_url):
