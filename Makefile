@@ -1,5 +1,7 @@
 # make train   - set up .venv if missing, get MNIST, train the default model (ARGS=... adds overrides)
 # make test    - set up .venv if missing, run the test suite
+# make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
+# make bench, make bench-sweeps - the benchmarks in benchmarks/
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -24,3 +26,10 @@ test: $(INSTALLED)
 WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
+
+.PHONY: bench bench-sweeps
+bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
+	$(PY) benchmarks/bench.py
+
+bench-sweeps: $(INSTALLED)   ## pruning and parallel-trial gains of the Optuna sweep (about 6 minutes)
+	$(PY) benchmarks/sweep_gains.py

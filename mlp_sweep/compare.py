@@ -8,7 +8,6 @@
 import argparse
 import csv
 import json
-import shlex
 import statistics
 import sys
 import textwrap
@@ -16,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.runs import Run, find_runs, read_run
+from mlp_sweep.runs import Run, find_runs, read_run, reproduce_command
 from mlp_sweep.study import StudyRecord, read_studies
 
 
@@ -234,7 +233,7 @@ def best_report(comparison: Comparison) -> str:
         raise UserError("no completed run to call best")
     run = completed[0].first
     config = (run.folder / ".hydra" / "config.yaml").read_text()
-    command = " ".join(["python -m mlp_sweep.train", *map(shlex.quote, run.overrides)])
+    command = reproduce_command(run.overrides)
     return (f"Best run: {_display_path(run.folder)}  {comparison.metric}={completed[0].value:.4f}\n\n"
             f"{config}\nReproduce with:\n  {command}")
 

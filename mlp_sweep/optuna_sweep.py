@@ -16,7 +16,6 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 
 import logging
 import os
-import shlex
 import socket
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_p
 from omegaconf import DictConfig, OmegaConf
 from optuna.trial import TrialState
 
+from mlp_sweep.runs import load_yaml, reproduce_command
 from mlp_sweep.storage import open_storage
 from mlp_sweep.trial_link import TRIAL_ID_VARIABLE
 
@@ -138,20 +138,20 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             log.warning("No trial completed: no best to report")
             return
         if len(self._get_directions()) > 1:
-            return super_results(study, sweep_dir)
+            return _pareto_results(study, sweep_dir)
         best = study.best_trial
         OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                          "best_value": best.value}),
                        sweep_dir / "optimization_results.yaml")
         run_dir = Path(best.user_attrs.get("run_dir", ""))
-        config = _read_yaml(run_dir / ".hydra" / "config.yaml")
-        overrides = _read_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+        config = load_yaml(run_dir / ".hydra" / "config.yaml")
+        overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
         (sweep_dir / "best.yaml").write_text(yaml.safe_dump({
             "trial": best.number,
             "value": best.value,
             "run_dir": str(run_dir),
             "params": best.params,
-            "command": " ".join(["python -m mlp_sweep.train", *map(shlex.quote, overrides)]),
+            "command": reproduce_command(overrides),
             "config": config,
         }, sort_keys=False))
         log.info(f"Best trial {best.number}: {best.value} in {run_dir}; written to {sweep_dir}/best.yaml")
@@ -163,7 +163,8 @@ def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
             if not (t.state == TrialState.FAIL and any(t.user_attrs.get(k) for k in NOT_COUNTED))]
 
 
-def super_results(study: optuna.Study, sweep_dir: Path) -> None:
+def _pareto_results(study: optuna.Study, sweep_dir: Path) -> None:
+    """Several objectives have no single best: the stock sweeper's Pareto-front record."""
     OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": [
         {"params": t.params, "values": t.values} for t in study.best_trials]}),
         sweep_dir / "optimization_results.yaml")
@@ -177,10 +178,3 @@ def _alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
-
-
-def _read_yaml(path: Path):
-    try:
-        return yaml.safe_load(path.read_text())
-    except (FileNotFoundError, yaml.YAMLError):
-        return None

@@ -6,6 +6,7 @@ Everything is taken from the files a run wrote, never from folder names.
 
 import glob
 import json
+import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,13 +50,13 @@ def find_runs(paths: list[str]) -> list[Run]:
 def read_run(folder: Path) -> Run:
     hydra_dir = folder / ".hydra"
     config = yaml.safe_load((hydra_dir / "config.yaml").read_text()) or {}
-    hydra_cfg = _load_yaml(hydra_dir / "hydra.yaml").get("hydra", {})
+    hydra_cfg = load_yaml(hydra_dir / "hydra.yaml").get("hydra", {})
     choices = {k: v for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items()
                if not k.startswith("hydra/")}
     params = {**choices, **_flatten(config)}
     params = {k: v for k, v in params.items() if k not in NOT_COMPARED
               and not k.endswith(("._target_", "._partial_"))}
-    overrides = _load_yaml(hydra_dir / "overrides.yaml") or []
+    overrides = load_yaml(hydra_dir / "overrides.yaml") or []
     sweeper = hydra_cfg.get("sweeper") or {}
     sweeper = sweeper if "optuna" in str(sweeper.get("_target_", "")).lower() else None
 
@@ -111,11 +112,17 @@ def _flatten(config: dict, prefix: str = "") -> dict:
     return flat
 
 
-def _load_yaml(path: Path):
+def load_yaml(path: Path):
+    """A YAML file's content, or {} when it is missing, empty or unreadable."""
     try:
         return yaml.safe_load(path.read_text()) or {}
     except (FileNotFoundError, yaml.YAMLError):
         return {}
+
+
+def reproduce_command(overrides: list[str]) -> str:
+    """The command line that runs a single run with the same overrides."""
+    return " ".join(["python -m mlp_sweep.train", *map(shlex.quote, overrides)])
 
 
 def _load_json(path: Path) -> dict | None:

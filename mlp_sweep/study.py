@@ -7,9 +7,7 @@ pruned, failed) comes from the study, and the best value is checked against Optu
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from mlp_sweep.runs import Run
+from mlp_sweep.runs import Run, load_yaml
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -65,7 +63,7 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
         sweep_dir = run.folder.parent
         if run.sweeper is None or sweep_dir in records:
             continue
-        results = _load_yaml(sweep_dir / "optimization_results.yaml")
+        results = load_yaml(sweep_dir / "optimization_results.yaml")
         record = StudyRecord(sweep_dir, run.sweeper.get("study_name"), run.sweeper.get("storage"),
                              results.get("best_value"), results.get("best_params") or {})
         if record.storage:
@@ -85,10 +83,3 @@ def _load_trials(name: str | None, storage: str) -> list:
         return load_study(name, storage).get_trials(deepcopy=False)
     except Exception:  # the database moved or is not reachable from here: fall back to the files
         return []
-
-
-def _load_yaml(path: Path) -> dict:
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        return {}
