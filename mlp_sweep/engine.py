@@ -33,10 +33,11 @@ def fit(
     epochs: int,
     batch_size: int,
     generator: torch.Generator,
-    on_epoch: Callable[[EpochMetrics], None] = lambda metrics: None,
+    on_epoch: Callable[[list[EpochMetrics]], None] = lambda history: None,
     progress: bool = True,
 ) -> list[EpochMetrics]:
-    """Train for `epochs`, evaluating after each; `on_epoch` sees every epoch's metrics."""
+    """Train for `epochs`, evaluating after each; `on_epoch` gets the history so far after every
+    epoch (and may raise to stop, as a pruned trial does)."""
     history = []
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
@@ -54,7 +55,7 @@ def fit(
             epoch_time_s=epoch_time,
         )
         history.append(metrics)
-        on_epoch(metrics)
+        on_epoch(history)
     return history
 
 
@@ -67,7 +68,7 @@ def train_epoch(
     description: str = "train",
     progress: bool = False,
 ) -> tuple[float, float]:
-    """One pass over a shuffled copy of `train`; returns (mean loss, accuracy) over the epoch."""
+    """One pass over `train` in a shuffled order; returns (mean loss, accuracy) over the epoch."""
     model.train()
     n = len(train)
     order = torch.randperm(n, generator=generator).to(train.labels.device)

@@ -72,11 +72,10 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
              f"{len(splits.train)} training samples; device {device} "
              f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
 
-    history: list[EpochMetrics] = []
     trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
 
-    def after_epoch(metrics: EpochMetrics) -> None:
-        history.append(metrics)
+    def after_epoch(history: list[EpochMetrics]) -> None:
+        metrics = history[-1]
         val = "" if metrics.val_accuracy is None else f"  val_acc {metrics.val_accuracy:.2%}"
         log.info(f"epoch {metrics.epoch}/{cfg.trainer.epochs}  train_loss {metrics.train_loss:.4f}"
                  f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
@@ -87,9 +86,9 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
             trial.report(getattr(metrics, cfg.objective), metrics.epoch,
                          last=metrics.epoch == cfg.trainer.epochs)
 
-    fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
-        torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-        progress=cfg.trainer.progress)
+    history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
+                  torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
+                  progress=cfg.trainer.progress)
     if record:
         record.completed(model)
     final = history[-1]

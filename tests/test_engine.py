@@ -88,7 +88,8 @@ def test_fit_reports_every_epoch_and_learns():
     seen = []
     history = fit(model, torch.optim.Adam(model.parameters(), lr=1e-2), Splits(split, split, split),
                   epochs=3, batch_size=32, generator=torch.Generator().manual_seed(0),
-                  on_epoch=seen.append, progress=False)
-    assert [m.epoch for m in seen] == [1, 2, 3] and seen == history
+                  on_epoch=lambda so_far: seen.append(list(so_far)), progress=False)
+    assert [[m.epoch for m in so_far] for so_far in seen] == [[1], [1, 2], [1, 2, 3]]
+    assert seen[-1] == history
     assert history[-1].train_loss < history[0].train_loss
     assert history[-1].val_accuracy == history[-1].test_accuracy > 0.9
