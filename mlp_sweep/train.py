@@ -47,8 +47,11 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     try:
         return _train(cfg, record)
     except BaseException as error:
+        pruned = isinstance(error, optuna.TrialPruned)
         if record:
-            record.ended("pruned" if isinstance(error, optuna.TrialPruned) else "failed", error)
+            record.ended("pruned" if pruned else "failed", error)
+        if not (pruned or isinstance(error, UserError)):  # a UserError gets its one line in main()
+            log.error(f"Run failed: {type(error).__name__}: {error} (traceback in status.json)")
         raise
 
 

@@ -121,6 +121,8 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_
         assert trial.user_attrs["fail_reason"].startswith("DivergedError: training loss is")
         status = json.loads(Path(trial.user_attrs["run_dir"], "status.json").read_text())
         assert status["state"] == "failed" and "Traceback" in status["traceback"]
+        log = Path(trial.user_attrs["run_dir"], "train.log").read_text()
+        assert "Run failed: DivergedError: training loss is" in log
         metrics = Path(trial.user_attrs["run_dir"], "metrics.json")
         assert not metrics.exists()  # stopped inside the first epoch, at the first non-finite loss
 
