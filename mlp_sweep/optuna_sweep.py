@@ -14,12 +14,14 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 - `best.yaml` beside `optimization_results.yaml`: the best trial, its folder, config and command.
 """
 
+import datetime
 import logging
 import os
 import socket
 from pathlib import Path
 from typing import Any
 
+import numpy
 import optuna
 import yaml
 from hydra.utils import instantiate
@@ -35,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WORKER = f"{socket.gethostname()}:{os.getpid()}"
 NOT_COUNTED = ("interrupted", "surplus")  # FAIL trials that do not use up n_trials
+UNLABELLED_GRACE = datetime.timedelta(seconds=60)
 
 
 class ResumableOptunaSweep(OptunaSweeperImpl):
@@ -63,15 +66,19 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
         done = counted(study)
         seed = self.sampler_config.get("seed")
         if done and seed is not None:
-            # The same seed would replay the random start-up points the study already holds.
-            study.sampler = instantiate(self.sampler_config, seed=seed + len(study.trials),
+            # The same seed would replay the random start-up points the study already holds. Mixed
+            # with the trial count, not added to it: workers get seeds 123, 124... (mlp_sweep.workers)
+            # and 123 + 1 trial would collide with the next worker's 124.
+            mixed = int(numpy.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
+            study.sampler = instantiate(self.sampler_config, seed=mixed,
                                         _execution_whitelist_=["optuna.samplers.*"])
         log.info(f"Study {study.study_name} in {self.storage or 'memory'}: {len(done)} of "
                  f"{self.n_trials} trials recorded or running; pruner {type(self.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
 
         while (missing := self.n_trials - len(counted(study))) > 0:
-            trials = [t for t in (self._ask(study) for _ in range(min(self.n_jobs, missing))) if t]
+            trials = [t for t in (self._ask(study, sweep_dir) for _ in range(min(self.n_jobs, missing)))
+                      if t]
             if not trials:
                 break
             overrides = [
@@ -80,8 +87,6 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                 for job, trial in zip(
                     self._configure_trials(trials, space, fixed_params, fixed_overrides), trials)
             ]
-            for trial in trials:
-                trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
             returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             for trial, job in zip(trials, returns):
                 self._tell(study, trial, job)
@@ -93,9 +98,10 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                     job.return_value  # re-raises the job's own exception, with its traceback
         self._write_results(study, sweep_dir)
 
-    def _ask(self, study: optuna.Study) -> optuna.Trial | None:
+    def _ask(self, study: optuna.Study, sweep_dir: Path) -> optuna.Trial | None:
         trial = study.ask()
         trial.set_user_attr("worker", WORKER)
+        trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
         # Another worker may have asked for the last trial at the same moment: the trial numbers
         # say who was first, and the later one steps back.
         earlier = [t for t in counted(study) if t.number < trial.number]
@@ -121,14 +127,20 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                         f"(traceback in {trial.user_attrs.get('run_dir')}/status.json)")
 
     def _fail_interrupted(self, study: optuna.Study) -> None:
-        """Trials still RUNNING whose worker process on this host is gone were killed with it."""
+        """Trials still RUNNING whose worker process on this host is gone were killed with it;
+        so were those never labelled with a worker (killed between ask and label) after a grace
+        period that a live worker needs far less than to label its trial."""
         host = socket.gethostname()
+        now = datetime.datetime.now()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
-            if worker_host == host and pid.isdigit() and not _alive(int(pid)):
+            dead = worker_host == host and pid.isdigit() and not _alive(int(pid))
+            unlabelled = "worker" not in trial.user_attrs and trial.datetime_start is not None \
+                and now - trial.datetime_start > UNLABELLED_GRACE
+            if dead or unlabelled:
                 study._storage.set_trial_user_attr(trial._trial_id, "interrupted", True)
                 study.tell(trial.number, state=TrialState.FAIL)
-                log.warning(f"Trial {trial.number} was interrupted (worker {pid} is gone): "
+                log.warning(f"Trial {trial.number} was interrupted (worker {pid or '?'} is gone): "
                             "recorded FAIL, not counted, its trial runs again")
 
     def _write_results(self, study: optuna.Study, sweep_dir: Path) -> None:

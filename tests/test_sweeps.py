@@ -48,9 +48,11 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline:
-        states = [t.state for t in trials_of(storage)] if (tmp_path / "optuna.db").exists() else []
-        if states.count(TrialState.COMPLETE) >= 2 and TrialState.RUNNING in states:
+    while time.time() < deadline:  # kill it while a labelled trial is running
+        trials = trials_of(storage) if (tmp_path / "optuna.db").exists() else []
+        complete = [t for t in trials if t.state == TrialState.COMPLETE]
+        running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
+        if len(complete) >= 2 and running:
             break
         time.sleep(0.05)
     os.kill(first.pid, signal.SIGKILL)
@@ -68,6 +70,8 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     for number, trial in before.items():  # kept, not re-run
         assert after[number].state == TrialState.COMPLETE and after[number].value == trial.value
         assert Path(trial.user_attrs["run_dir"], "metrics.json").read_bytes() == metrics_before[number]
+    # The resumed sampler does not replay the start-up points already in the study.
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == 8
     interrupted = [t for t in after if t.user_attrs.get("interrupted")]
     assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)
     run_dirs = [t.user_attrs["run_dir"] for t in after]
@@ -164,6 +168,8 @@ def assert_each_trial_once(storage: str, name: str, n_trials: int, workers: int)
     run_dirs = [Path(t.user_attrs["run_dir"]) for t in trials]
     assert len(set(run_dirs)) == n_trials and all((d / "status.json").is_file() for d in run_dirs)
     assert len({t.user_attrs["worker"] for t in trials}) == workers  # every worker took trials
+    # Each worker samples with its own seed: no trial repeats another's parameters.
+    assert len({tuple(sorted(t.params.items())) for t in trials}) == n_trials
     assert len({d.parent for d in run_dirs}) == workers  # each worker has its own sweep folder
 
 
