@@ -178,7 +178,8 @@ def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
     storage = f"journal:{tmp_path}/optuna.journal"
     result = subprocess.run(
         [sys.executable, "-m", "mlp_sweep.workers", "2", f"dataset.root={mnist_root}",
-         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8", "trainer.epochs=2", *SMALL],
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8", "trainer.epochs=2", *SMALL,
+         "dataset.train_limit=12000"],  # trials of about 1 s: every worker is up before they run out
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert_each_trial_once(storage, "mlp_mnist", 8, workers=2)
@@ -204,7 +205,7 @@ def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, p
     result = subprocess.run(
         [sys.executable, "-m", "mlp_sweep.workers", "3", f"dataset.root={mnist_root}",
          f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={name}",
-         "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL],
+         "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL, "dataset.train_limit=12000"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert_each_trial_once(postgres_url, name, 9, workers=3)
