@@ -81,10 +81,10 @@ def _carve_validation(train: Split, size: int, seed: int | None) -> tuple[Split,
         raise DataError(
             f"dataset.val_size={size} leaves no training data; allowed: 0 <= val_size < {len(train)}"
         )
-    if seed is None:
-        order = torch.arange(len(train))
-    else:
-        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
+    if seed is None:  # views of the tensors in memory: no copy for each trial of a sweep
+        return (Split(train.inputs[:-size], train.labels[:-size]),
+                Split(train.inputs[-size:], train.labels[-size:]))
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed))
     keep, held_out = order[:-size], order[-size:]
     return (
         Split(train.inputs[keep], train.labels[keep]),

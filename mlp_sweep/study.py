@@ -28,7 +28,7 @@ class StudyRecord:
         for run in runs:
             trial = by_folder.get(run.folder.resolve())
             if trial is not None:
-                run.state = OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
+                run.state = _state_name(trial)
 
     def run_dirs(self) -> list[Path]:
         """The job folders of the study's trials that still exist, from every sweep that ran it."""
@@ -49,11 +49,16 @@ class StudyRecord:
         where = f"storage {self.storage}" if self.storage else "in-memory study"
         counts = ""
         if self.trials:
-            states = [OPTUNA_STATES.get(t.state.name, t.state.name.lower()) for t in self.trials]
+            states = [_state_name(t) for t in self.trials]
             counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) + "; "
         best = "no best value yet" if self.best_value is None else (
             f"best value {self.best_value:.4f} with {self.best_params}")
         return f"Optuna study {self.name} ({where}) in {self.sweep_dir}: {counts}{best}"
+
+
+def _state_name(trial) -> str:
+    """A trial's state in the words run folders use (completed, pruned, failed, running)."""
+    return OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
 
 
 def read_studies(runs: list[Run]) -> list[StudyRecord]:
