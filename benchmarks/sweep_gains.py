@@ -5,7 +5,7 @@
 1. Pruning: the same Optuna search (same sampler seed, same n_trials, same epochs) with
    `hydra/sweeper/pruner=none` and with the preset's median pruner: wall time, best value, states.
 2. Parallel: the same search run sequentially (basic launcher), in joblib batches of 2
-   (hparams_search=optuna_joblib) and as 2 asynchronous workers (python -m mlp_sweep.workers 2):
+   (hydra/launcher=joblib) and as 2 asynchronous workers (python -m mlp_sweep.workers 2):
    trials per minute, whole command included (process start-up, data loading).
 Each sweep runs in a fresh temporary folder; MNIST comes from --data.
 """
@@ -33,7 +33,7 @@ def timed(command: list[str], cwd: Path) -> float:
 
 
 def study_summary(storage: str) -> dict:
-    trials = load_study("mlp_mnist", storage).get_trials(deepcopy=False)
+    trials = load_study("course_mnist", storage).get_trials(deepcopy=False)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     return {
         "best_value": max(t.value for t in complete),
@@ -49,7 +49,7 @@ def pruning(data: Path, trials: int, epochs: int) -> dict:
     for pruner in ("none", "median"):
         with tempfile.TemporaryDirectory() as tmp:
             storage = f"sqlite:///{tmp}/optuna.db"
-            wall = timed([*TRAIN, "hparams_search=optuna", f"hydra/sweeper/pruner={pruner}",
+            wall = timed([*TRAIN, "hparams_search=optuna_course", f"hydra/sweeper/pruner={pruner}",
                           f"hydra.sweeper.n_trials={trials}", f"hydra.sweeper.storage={storage}",
                           f"trainer.epochs={epochs}", "trainer.progress=false",
                           f"dataset.root={data}"], Path(tmp))
@@ -62,11 +62,14 @@ def parallel(data: Path, trials: int) -> dict:
     common = [f"hydra.sweeper.n_trials={trials}", "trainer.epochs=1", "trainer.progress=false",
               f"dataset.root={data}"]
     modes = {
-        "sequential": lambda s: [*TRAIN, "hparams_search=optuna", f"hydra.sweeper.storage={s}", *common],
-        "joblib_batches_of_2": lambda s: [*TRAIN, "hparams_search=optuna_joblib",
-                                          "hydra.launcher.n_jobs=2", f"hydra.sweeper.storage={s}", *common],
+        "sequential": lambda s: [*TRAIN, "hparams_search=optuna_course", f"hydra.sweeper.storage={s}", *common],
+        "joblib_batches_of_2": lambda s: [*TRAIN, "hparams_search=optuna_course",
+                                          "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+                                          "hydra.sweeper.n_jobs=2", f"hydra.sweeper.storage={s}",
+                                          *common],
         "async_workers_2": lambda s: [sys.executable, "-m", "mlp_sweep.workers", "2",
-                                      f"hydra.sweeper.storage={s}", *common],
+                                      "hparams_search=optuna_course", f"hydra.sweeper.storage={s}",
+                                      *common],
     }
     results = {}
     for name, command in modes.items():
@@ -111,10 +114,10 @@ def main() -> None:
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     data = args.data.absolute()
     report = {
-        "pruning_setup": f"hparams_search=optuna, {args.trials} trials, {args.epochs} epochs, "
+        "pruning_setup": f"hparams_search=optuna_course, {args.trials} trials, {args.epochs} epochs, "
                          "TPE seed 123, MNIST with a 10000-image validation split",
         "pruning": pruning(data, args.trials, args.epochs),
-        "parallel_setup": f"hparams_search=optuna, {args.parallel_trials} trials, 1 epoch each",
+        "parallel_setup": f"hparams_search=optuna_course, {args.parallel_trials} trials, 1 epoch each",
         "parallel": parallel(data, args.parallel_trials),
     }
     args.out.mkdir(parents=True, exist_ok=True)

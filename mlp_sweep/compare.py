@@ -1,4 +1,5 @@
-"""Compare runs: a table best first, plus CSV/JSON, figures and an HTML report.
+"""Compare runs: a table best first, plus CSV/JSON, figures, an HTML report and, for an Optuna
+study kept in a storage, the parameter importances.
 
     python -m mlp_sweep.compare                         # the newest sweep under multirun/
     python -m mlp_sweep.compare multirun/2026-11-24/10-00-00 'outputs/2026-11-24/09-*'
@@ -16,7 +17,7 @@ from pathlib import Path
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.runs import Run, find_runs, read_run, reproduce_command
-from mlp_sweep.study import StudyRecord, read_studies
+from mlp_sweep.study import IMPORTANCE_EVALUATOR, StudyRecord, read_studies
 
 
 @dataclass
@@ -64,9 +65,8 @@ def compare(paths: list[str], metric: str | None = None, filters: list[str] = ()
     _check_metric(runs, metric)
 
     keys = sorted({k for r in runs for k in r.params})
-    differing = [k for k in keys if len({_fmt(r.params.get(k)) for r in runs}) > 1
-                 and not _implied_by_group_choice(k, runs)]
-    constants = {k: runs[0].params.get(k) for k in keys if k not in differing}
+    constants = {k: runs[0].params[k] for k in keys if _same_in_every_run(k, runs)}
+    differing = [k for k in keys if k not in constants and not _implied_by_group_choice(k, runs)]
     grouped = group and "trainer.seed" in differing
     columns = [k for k in differing if not (grouped and k == "trainer.seed")]
 
@@ -92,11 +92,18 @@ def compare(paths: list[str], metric: str | None = None, filters: list[str] = ()
     return Comparison(rows, constants, columns, metric, grouped, studies)
 
 
+def _same_in_every_run(key: str, runs: list[Run]) -> bool:
+    """True when every run has `key`, with one value: a key that only some runs have (adam's
+    `optimizer.betas` in a grid over adam and sgd) differs, whatever its value."""
+    return all(key in r.params for r in runs) and len({_fmt(r.params[key]) for r in runs}) == 1
+
+
 def _implied_by_group_choice(key: str, runs: list[Run]) -> bool:
-    """True for `optimizer.momentum` when every run with the same `optimizer` choice has the same
-    momentum: the column would only repeat what the `optimizer` column says."""
+    """True for `optimizer.lr` in a grid when every run with the same `optimizer` choice has the
+    same lr: the column would only repeat what the `optimizer` column says. A key that some runs
+    lack is never implied: its column shows which runs have it."""
     group = key.split(".")[0]
-    if group == key or group not in runs[0].params:
+    if group == key or group not in runs[0].params or not all(key in r.params for r in runs):
         return False
     seen: dict[str, str] = {}
     for run in runs:
@@ -120,7 +127,7 @@ def _group_rows(runs: list[Run], columns: list[str], metric: str) -> list[Row]:
     groups: dict[tuple, list[Run]] = {}
     for run in runs:
         # Only completed runs are averaged; a failed or pruned seed keeps its own row.
-        key = tuple(_fmt(run.params.get(k)) for k in columns) + (
+        key = tuple(_fmt(run.params[k]) if k in run.params else None for k in columns) + (
             () if run.state == "completed" else (str(run.folder),))
         groups.setdefault(key, []).append(run)
     return [_row(group, columns, metric) for group in groups.values()]
@@ -174,7 +181,9 @@ def table_records(comparison: Comparison) -> list[dict]:
     """The rows as flat dicts: the same content for the console, CSV, JSON and HTML."""
     records = []
     for rank, row in enumerate(comparison.rows, 1):
-        record = {"rank": rank, **{k: _fmt(v) for k, v in row.params.items()}}
+        # A key the run lacks (sgd's optimizer.betas) is None: blank, unlike a value set to null.
+        record = {"rank": rank, **{k: _fmt(v) if k in row.first.params else None
+                                   for k, v in row.params.items()}}
         record[comparison.metric] = row.value
         if comparison.grouped:
             record[f"{comparison.metric}_std"] = row.std
@@ -223,6 +232,7 @@ def format_table(comparison: Comparison) -> str:
     lines.append("  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip())
     lines += ["  ".join(c.ljust(w) for c, w in zip(line, widths)).rstrip() for line in cells]
     lines += [f"{r['state']}: {r['folder']}: {r['error']}" for r in records if r.get("error")]
+    lines += ["\n" + study.importances_text() for study in comparison.studies]
     return "\n".join(lines)
 
 
@@ -249,8 +259,16 @@ def write_csv(comparison: Comparison, path: Path) -> None:
 
 def write_json(comparison: Comparison, path: Path) -> None:
     path.write_text(json.dumps({"metric": comparison.metric, "constants": {
-        k: _fmt(v) for k, v in comparison.constants.items()}, "rows": table_records(comparison)},
-        indent=2) + "\n")
+        k: _fmt(v) for k, v in comparison.constants.items()}, "rows": table_records(comparison),
+        "studies": [study_record(s) for s in comparison.studies]}, indent=2) + "\n")
+
+
+def study_record(study: StudyRecord) -> dict:
+    """An Optuna study's summary and parameter importances (null, with the reason, when none)."""
+    return {"name": study.name, "storage": study.storage, "sweep_dir": str(_display_path(study.sweep_dir)),
+            "best_value": study.best_value, "completed_trials": len(study.completed_trials()),
+            "importance_evaluator": IMPORTANCE_EVALUATOR, "importances": study.importances,
+            "importances_note": study.importances_note or None}
 
 
 def _display_path(path: Path) -> Path:

@@ -31,6 +31,19 @@ ALLOWED_OPTIMIZERS = tuple(
     )
 )
 
+# Schedules with a plain `step()` (ReduceLROnPlateau needs a metric, LambdaLR a function).
+ALLOWED_SCHEDULERS = (
+    "mlp_sweep.schedules.warmup_cosine",
+    *(f"torch.optim.lr_scheduler.{name}" for name in (
+        "OneCycleLR", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
+        "CosineAnnealingWarmRestarts", "LinearLR", "ConstantLR", "PolynomialLR", "CyclicLR",
+    )),
+)
+ALLOWED_AUGMENTS = tuple(f"mlp_sweep.augment.{name}"
+                         for name in ("RandomShift", "RandomAffine", "RandomFlipCrop"))
+ALLOWED_LOSSES = ("torch.nn.CrossEntropyLoss",)
+NORMS = ("none", "batch", "layer")
+INTERVALS = ("step", "epoch")
 
 
 def with_canonical_names(targets: tuple[str, ...]) -> list[str]:
@@ -55,7 +68,61 @@ def validate(cfg: DictConfig) -> None:
         if value is not None:
             _positive_int(f"dataset.{key}", value, allow_zero=key == "val_size")
 
-    hidden_sizes = cfg.model.hidden_sizes
+    _validate_model(cfg.model)
+    _one_of("activation._target_", cfg.activation._target_, ALLOWED_ACTIVATIONS)
+    _one_of("optimizer._target_", cfg.optimizer._target_, ALLOWED_OPTIMIZERS)
+    lr = cfg.optimizer.get("lr")
+    if lr is not None and (not _is_number(lr) or lr <= 0):
+        raise ConfigError(f"optimizer.lr={lr!r} is not allowed; allowed: a number > 0")
+    weight_decay = cfg.optimizer.get("weight_decay")
+    if weight_decay is not None and (not _is_number(weight_decay) or weight_decay < 0):
+        raise ConfigError(f"optimizer.weight_decay={weight_decay!r} is not allowed; "
+                          "allowed: a number >= 0")
+    _one_of("loss._target_", cfg.loss._target_, ALLOWED_LOSSES)
+    smoothing = cfg.loss.get("label_smoothing", 0.0)
+    if not _is_number(smoothing) or not 0 <= smoothing < 1:
+        raise ConfigError(f"loss.label_smoothing={smoothing!r} is out of range; "
+                          "allowed: 0 <= label_smoothing < 1")
+
+    _positive_int("trainer.epochs", cfg.trainer.epochs)
+    _positive_int("trainer.batch_size", cfg.trainer.batch_size)
+    _positive_int("trainer.threads", cfg.trainer.threads, allow_zero=True)
+    _one_of("objective", cfg.objective, OBJECTIVES)
+    if cfg.objective == "val_accuracy" and not cfg.dataset.get("val_size"):
+        raise ConfigError(
+            "objective=val_accuracy needs a validation split; "
+            f"dataset.val_size={cfg.dataset.get('val_size')!r}, allowed: an integer > 0"
+        )
+    patience = cfg.trainer.get("early_stopping")
+    if patience is not None:
+        _positive_int("trainer.early_stopping", patience, allow_zero=True)
+        if patience and not cfg.dataset.get("val_size"):
+            raise ConfigError(
+                f"trainer.early_stopping={patience} watches the validation accuracy, and "
+                f"dataset.val_size={cfg.dataset.get('val_size')!r}; allowed: 0 (off), "
+                "or dataset.val_size > 0")
+    _validate_scheduler(cfg.scheduler, cfg.trainer.epochs)
+    _validate_augment(cfg.augment)
+
+
+def _validate_model(model: DictConfig) -> None:
+    depth, width = model.get("depth"), model.get("width")
+    for key, value in (("depth", depth), ("width", width)):
+        if value is not None:
+            _positive_int(f"model.{key}", value)
+    if (depth is None) != (width is None):
+        raise ConfigError(f"model.depth={depth!r} and model.width={width!r}: allowed: both "
+                          "integers >= 1 (depth layers of width units), or both null "
+                          "(model.hidden_sizes)")
+    if depth is None:
+        _validate_hidden_sizes(model.hidden_sizes)
+    dropout = model.dropout
+    if not _is_number(dropout) or not 0 <= dropout < 1:
+        raise ConfigError(f"model.dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
+    _one_of("model.norm", model.get("norm", "none"), NORMS)
+
+
+def _validate_hidden_sizes(hidden_sizes: object) -> None:
     if not isinstance(hidden_sizes, (ListConfig, Sequence)) or isinstance(hidden_sizes, str):
         raise ConfigError(
             f"model.hidden_sizes={hidden_sizes!r} is not a list; "
@@ -67,25 +134,32 @@ def validate(cfg: DictConfig) -> None:
                 f"model.hidden_sizes={list(hidden_sizes)} contains {size!r}; "
                 "allowed: positive integers"
             )
-    dropout = cfg.model.dropout
-    if not _is_number(dropout) or not 0 <= dropout < 1:
-        raise ConfigError(f"model.dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
 
-    _one_of("activation._target_", cfg.activation._target_, ALLOWED_ACTIVATIONS)
-    _one_of("optimizer._target_", cfg.optimizer._target_, ALLOWED_OPTIMIZERS)
-    lr = cfg.optimizer.get("lr")
-    if lr is not None and (not _is_number(lr) or lr <= 0):
-        raise ConfigError(f"optimizer.lr={lr!r} is not allowed; allowed: a number > 0")
 
-    _positive_int("trainer.epochs", cfg.trainer.epochs)
-    _positive_int("trainer.batch_size", cfg.trainer.batch_size)
-    _positive_int("trainer.threads", cfg.trainer.threads, allow_zero=True)
-    _one_of("objective", cfg.objective, OBJECTIVES)
-    if cfg.objective == "val_accuracy" and not cfg.dataset.get("val_size"):
-        raise ConfigError(
-            "objective=val_accuracy needs a validation split; "
-            f"dataset.val_size={cfg.dataset.get('val_size')!r}, allowed: an integer > 0"
-        )
+def _validate_scheduler(scheduler: DictConfig, epochs: int) -> None:
+    if scheduler.get("_target_") is None:
+        return
+    _one_of("scheduler._target_", scheduler._target_, ALLOWED_SCHEDULERS)
+    _one_of("scheduler.interval", scheduler.get("interval"), INTERVALS)
+    warmup = scheduler.get("warmup_epochs")
+    if warmup is not None and (not _is_number(warmup) or not 0 <= warmup < epochs):
+        raise ConfigError(f"scheduler.warmup_epochs={warmup!r} is not allowed with "
+                          f"trainer.epochs={epochs}; allowed: 0 <= warmup_epochs < trainer.epochs")
+
+
+def _validate_augment(augment: DictConfig) -> None:
+    if augment.get("_target_") is None:
+        return
+    _one_of("augment._target_", augment._target_, ALLOWED_AUGMENTS)
+    for key, bound in (("shift", None), ("degrees", 180), ("scale", 1)):
+        value = augment.get(key)
+        if value is None:
+            continue
+        if key == "shift":
+            _positive_int("augment.shift", value, allow_zero=True)
+        elif not _is_number(value) or not 0 <= value < bound:
+            raise ConfigError(f"augment.{key}={value!r} is out of range; "
+                              f"allowed: 0 <= {key} < {bound}")
 
 
 def _is_number(value: object) -> bool:

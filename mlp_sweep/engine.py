@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlp_sweep.data import Split, Splits
+from mlp_sweep.schedules import Schedule
 
 
 class DivergedError(RuntimeError):
@@ -35,16 +36,29 @@ def fit(
     generator: torch.Generator,
     on_epoch: Callable[[list[EpochMetrics]], None] = lambda history: None,
     progress: bool = True,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    schedule: Schedule | None = None,
+    patience: int = 0,
 ) -> list[EpochMetrics]:
     """Train for `epochs`, evaluating after each; `on_epoch` gets the history so far after every
-    epoch (and may raise to stop, as a pruned trial does)."""
-    history = []
+    epoch (and may raise to stop, as a pruned trial does).
+
+    With a validation split, training stops once `patience` epochs (0 = never) pass without a
+    better validation accuracy, and the model ends with the weights of its best epoch
+    (`best_epoch(history)`); without one, with the last epoch's.
+    """
+    history: list[EpochMetrics] = []
+    best_weights = None
     for epoch in range(1, epochs + 1):
         start = time.perf_counter()
         train_loss, train_accuracy = train_epoch(
             model, optimizer, splits.train, batch_size, generator,
             description=f"epoch {epoch}/{epochs}", progress=progress,
+            loss_fn=loss_fn, augment=augment, schedule=schedule,
         )
+        if schedule and not schedule.per_batch:
+            schedule.scheduler.step()
         epoch_time = time.perf_counter() - start
         metrics = EpochMetrics(
             epoch=epoch,
@@ -55,8 +69,23 @@ def fit(
             epoch_time_s=epoch_time,
         )
         history.append(metrics)
+        if best_epoch(history) is metrics and splits.val is not None:
+            best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         on_epoch(history)
+        if patience and epoch - best_epoch(history).epoch >= patience:
+            break
+    if best_weights is not None and best_epoch(history) is not history[-1]:
+        model.load_state_dict(best_weights)
     return history
+
+
+def best_epoch(history: list[EpochMetrics]) -> EpochMetrics:
+    """The epoch whose weights a run keeps: the best validation accuracy (the first epoch that
+    reached it), or the last epoch when there is no validation split: the test set never
+    chooses."""
+    if history[-1].val_accuracy is None:
+        return history[-1]
+    return max(history, key=lambda m: m.val_accuracy)
 
 
 def train_epoch(
@@ -67,8 +96,12 @@ def train_epoch(
     generator: torch.Generator,
     description: str = "train",
     progress: bool = False,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
+    augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    schedule: Schedule | None = None,
 ) -> tuple[float, float]:
-    """One pass over `train` in a shuffled order; returns (mean loss, accuracy) over the epoch."""
+    """One pass over `train` in a shuffled order; returns (mean loss, accuracy) over the epoch,
+    both on the augmented images when `augment` is given."""
     model.train()
     n = len(train)
     order = torch.randperm(n, generator=generator).to(train.labels.device)
@@ -82,11 +115,15 @@ def train_epoch(
         # cache; index_select is the faster gather (6 us against 13 us at batch 64).
         batch = order[start:start + batch_size]
         x, y = train.inputs.index_select(0, batch), train.labels.index_select(0, batch)
+        if augment is not None:
+            x = augment(x)
         logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y)
+        loss = loss_fn(logits, y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if schedule and schedule.per_batch:
+            schedule.scheduler.step()
         batch_loss = loss.item()
         if not math.isfinite(batch_loss):
             raise DivergedError(f"training loss is {batch_loss} at sample {start} of the epoch")

@@ -1,16 +1,21 @@
-"""The multi-layer perceptron: flatten, then Linear -> activation (-> dropout) per hidden size."""
+"""The multi-layer perceptron: flatten, then Linear (-> norm) -> activation (-> dropout) per
+hidden layer."""
 
 import math
 from collections.abc import Callable, Sequence
 
+from omegaconf import DictConfig
 from torch import nn
+
+NORMS: dict[str, Callable[[int], nn.Module] | None] = {
+    "none": None, "batch": nn.BatchNorm1d, "layer": nn.LayerNorm}
 
 
 class MLP(nn.Sequential):
     """An MLP classifier; `hidden_sizes=[]` gives a linear classifier.
 
     `activation` is a factory called once per hidden layer (e.g. `nn.ReLU`, or the partial that
-    `instantiate` makes from the `activation` config group).
+    `instantiate` makes from the `activation` config group); `norm` is a key of NORMS.
     """
 
     def __init__(
@@ -20,16 +25,28 @@ class MLP(nn.Sequential):
         num_classes: int,
         activation: Callable[[], nn.Module] = nn.ReLU,
         dropout: float = 0.0,
+        norm: str = "none",
     ) -> None:
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for size in hidden_sizes:
-            layers += [nn.Linear(width, size), activation()]
+            layers.append(nn.Linear(width, size))
+            if NORMS[norm] is not None:
+                layers.append(NORMS[norm](size))
+            layers.append(activation())
             if dropout > 0:
                 layers.append(nn.Dropout(dropout))
             width = size
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+
+
+def hidden_sizes(model_cfg: DictConfig) -> list[int]:
+    """`depth` layers of `width` units when both are set (the search's view of the network),
+    else the explicit `hidden_sizes` list."""
+    if model_cfg.get("depth") is not None:
+        return [model_cfg.width] * model_cfg.depth
+    return list(model_cfg.hidden_sizes)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -18,6 +18,8 @@ import datetime
 import logging
 import os
 import socket
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -42,9 +44,10 @@ UNLABELLED_GRACE = datetime.timedelta(seconds=60)
 
 class ResumableOptunaSweep(OptunaSweeperImpl):
     def __init__(self, *, pruner: Any, custom_search_space: str | None,
-                 sampler_config: DictConfig, **stock: Any) -> None:
+                 sampler_config: DictConfig, timeout: float | None = None, **stock: Any) -> None:
         super().__init__(custom_search_space=None, **stock)
         self.sampler_config = sampler_config
+        self.timeout = timeout
         self.pruner = instantiate(pruner, _execution_whitelist_=["optuna.pruners.*"]) \
             if pruner else optuna.pruners.NopPruner()
         if custom_search_space:
@@ -53,6 +56,8 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                 _execution_whitelist_=[custom_search_space])
 
     def sweep(self, arguments: list[str]) -> None:
+        started = time.monotonic()
+        _check_timeout(self.timeout)
         self._process_searchspace_config()
         space, fixed_params, fixed_overrides = create_params_from_overrides(
             self._parse_sweeper_params_config() + list(arguments))
@@ -77,6 +82,10 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
 
         while (missing := self.n_trials - len(counted(study))) > 0:
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
+                         f"{len(counted(study))} of {self.n_trials} trials in the study")
+                break
             trials = [t for t in (self._ask(study, sweep_dir) for _ in range(min(self.n_jobs, missing)))
                       if t]
             if not trials:
@@ -167,6 +176,16 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             "config": config,
         }, sort_keys=False))
         log.info(f"Best trial {best.number}: {best.value} in {run_dir}; written to {sweep_dir}/best.yaml")
+
+
+def _check_timeout(timeout: object) -> None:
+    """A bad timeout stops the sweep before a study or a folder exists, with one line."""
+    if timeout is None:
+        return
+    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
+        log.error(f"Error: hydra.sweeper.timeout={timeout!r} is not allowed; allowed: a number "
+                  "of seconds > 0, or null (no time limit)")
+        sys.exit(1)
 
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:

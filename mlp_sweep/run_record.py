@@ -30,7 +30,7 @@ class RunRecord:
 
     def metrics(self, metrics: dict) -> None:
         """Write the metrics so far; called after every epoch, so a killed run keeps its curve."""
-        _write_json(self.run_dir / METRICS_FILE, metrics)
+        write_json(self.run_dir / METRICS_FILE, metrics)
 
     def completed(self, model: nn.Module) -> None:
         _atomic_save(model.state_dict(), self.run_dir / WEIGHTS_FILE)
@@ -45,14 +45,14 @@ class RunRecord:
         )
 
     def _write_status(self, state: str, **details: str) -> None:
-        _write_json(
+        write_json(
             self.run_dir / STATUS_FILE,
             {"state": state, "pid": os.getpid(), "started": self.started,
              "updated": time.time(), **details},
         )
 
 
-def _write_json(path: Path, content: dict) -> None:
+def write_json(path: Path, content: dict) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_text(json.dumps(content, indent=2) + "\n")
     os.replace(tmp, path)

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+from omegaconf import OmegaConf
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.run_record import METRICS_FILE, STATUS_FILE
@@ -57,8 +58,7 @@ def read_run(folder: Path) -> Run:
     params = {k: v for k, v in params.items() if k not in NOT_COMPARED
               and not k.endswith(("._target_", "._partial_"))}
     overrides = load_yaml(hydra_dir / "overrides.yaml") or []
-    sweeper = hydra_cfg.get("sweeper") or {}
-    sweeper = sweeper if "optuna" in str(sweeper.get("_target_", "")).lower() else None
+    sweeper = _optuna_sweeper(hydra_cfg, config)
 
     metrics, state, error = None, "broken", None
     try:
@@ -76,6 +76,26 @@ def read_run(folder: Path) -> Run:
     if state == "completed" and metrics is None:
         state = "broken"
     return Run(folder, params, metrics, state, error, overrides, sweeper)
+
+
+def _optuna_sweeper(hydra_cfg: dict, config: dict) -> dict | None:
+    """The run's `hydra.sweeper` config when it is Optuna's, else None. `hydra.yaml` keeps
+    interpolations as written (`study_name: mlp_${dataset.name}`): they are resolved against the
+    run's config, as Hydra did when the sweep ran."""
+    sweeper = dict(hydra_cfg.get("sweeper") or {})
+    if "optuna" not in str(sweeper.get("_target_", "")).lower():
+        return None
+    root = None
+    for key, value in list(sweeper.items()):
+        if isinstance(value, str) and "${" in value:
+            if root is None:
+                root = OmegaConf.create({**config, "hydra": hydra_cfg})
+            try:
+                sweeper[key] = OmegaConf.select(root, f"hydra.sweeper.{key}",
+                                                throw_on_resolution_failure=True)
+            except Exception:  # a resolver only Hydra registers while it runs: kept as written
+                pass
+    return sweeper
 
 
 def _default_paths() -> list[str]:

@@ -1,15 +1,29 @@
 """An Optuna sweep's own record: `optimization_results.yaml` and, when persistent, its study.
 
 The comparison trusts these over its own reading of the run folders: a trial's state (complete,
-pruned, failed) comes from the study, and the best value is checked against Optuna's.
+pruned, failed) comes from the study, and the best value is checked against Optuna's. A readable
+study also gives the parameter importances.
 """
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlp_sweep.runs import Run, load_yaml
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
+
+# PED-ANOVA is Optuna's default evaluator (since Optuna 5); it is named explicitly so that the
+# numbers do not change with Optuna's default. It is deterministic (no seed to fix), assesses
+# conditional parameters (momentum only for sgd trials) and needs no scikit-learn, which fANOVA does.
+IMPORTANCE_EVALUATOR = "PED-ANOVA"
+
+
+def importance_evaluator():
+    """A fresh instance of the evaluator named by IMPORTANCE_EVALUATOR."""
+    from optuna.importance import PedAnovaImportanceEvaluator
+
+    return PedAnovaImportanceEvaluator()
 
 
 @dataclass
@@ -20,6 +34,10 @@ class StudyRecord:
     best_value: float | None
     best_params: dict
     trials: list = field(default_factory=list)  # optuna FrozenTrials, when the storage is readable
+    study: object = None       # the optuna Study, when the storage is readable
+    load_error: str | None = None
+    importances: dict | None = None  # parameter -> importance, most important first
+    importances_note: str = ""       # why there are none, when there are none
 
     def apply_states(self, runs: list[Run]) -> None:
         """Give each run of this sweep the state its trial has in the study."""
@@ -55,6 +73,55 @@ class StudyRecord:
             f"best value {self.best_value:.4f} with {self.best_params}")
         return f"Optuna study {self.name} ({where}) in {self.sweep_dir}: {counts}{best}"
 
+    def completed_trials(self) -> list:
+        return [t for t in self.trials if t.state.name == "COMPLETE" and t.value is not None]
+
+    def importances_text(self) -> str:
+        """The importances as printed under the table: a header line and one line per parameter,
+        or one line saying why there are none."""
+        if self.importances is None:
+            return f"Parameter importances of study {self.name}: not computed: {self.importances_note}"
+        width = max(len(name) for name in self.importances)
+        return "\n".join([f"Parameter importances ({IMPORTANCE_EVALUATOR}, Optuna's get_param_importances, "
+                          f"{len(self.completed_trials())} completed trials of study {self.name}):"]
+                         + [f"  {name.ljust(width)}  {value:.3f}" for name, value in self.importances.items()])
+
+    def compute_importances(self) -> None:
+        """Fill `importances`, or `importances_note` with the reason they cannot be computed."""
+        self.importances, self.importances_note = None, _importances_unavailable(self)
+        if self.importances_note:
+            return
+        import optuna
+
+        try:
+            with warnings.catch_warnings():
+                # Few trials per regime make PED-ANOVA warn; the header gives the trial count.
+                warnings.simplefilter("ignore")
+                self.importances = optuna.importance.get_param_importances(
+                    self.study, evaluator=importance_evaluator())
+        except Exception as error:  # an evaluator's limit must not cost the user the table
+            self.importances_note = f"Optuna raised {_one_line(error)}"
+            return
+        if not self.importances:
+            self.importances, self.importances_note = None, "Optuna returned no parameter"
+
+
+def _importances_unavailable(record: "StudyRecord") -> str:
+    """Why importances cannot be computed for `record`, or "" when they can."""
+    if not record.storage:
+        return "the study was in memory (hydra.sweeper.storage: null), so its trials are gone"
+    if record.study is None:
+        return f"its storage {record.storage} could not be read from here ({record.load_error})"
+    completed = record.completed_trials()
+    if len(completed) < 2:
+        return f"only {len(completed)} completed trial{'' if len(completed) == 1 else 's'}; importances need at least 2"
+    if len(record.study.directions) > 1:
+        return "the study has several objectives"
+    names = {name for t in completed for name in t.params}
+    if not any(len({repr(t.params.get(name)) for t in completed}) > 1 for name in names):
+        return "no searched parameter takes more than one value in the completed trials"
+    return ""
+
 
 def _state_name(trial) -> str:
     """A trial's state in the words run folders use (completed, pruned, failed, running)."""
@@ -72,19 +139,28 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
         record = StudyRecord(sweep_dir, run.sweeper.get("study_name"), run.sweeper.get("storage"),
                              results.get("best_value"), results.get("best_params") or {})
         if record.storage:
-            record.trials = _load_trials(record.name, record.storage)
+            record.study, record.load_error = _load_study(record.name, record.storage)
+            record.trials = record.study.get_trials(deepcopy=False) if record.study else []
             complete = [t for t in record.trials if t.state.name == "COMPLETE"]
             if complete and record.best_value is None:
                 best = max(complete, key=lambda t: t.value)  # the presets maximise
                 record.best_value, record.best_params = best.value, best.params
+        record.compute_importances()
         records[sweep_dir] = record
     return list(records.values())
 
 
-def _load_trials(name: str | None, storage: str) -> list:
+def _load_study(name: str | None, storage: str) -> tuple[object, str | None]:
+    """(the study, None), or (None, why) when it cannot be loaded."""
     from mlp_sweep.storage import load_study  # imports optuna: only for sweeps that kept a study
 
     try:
-        return load_study(name, storage).get_trials(deepcopy=False)
-    except Exception:  # the database moved or is not reachable from here: fall back to the files
-        return []
+        return load_study(name, storage), None
+    except Exception as error:  # the database moved or is not reachable from here: fall back to the files
+        return None, _one_line(error)
+
+
+def _one_line(error: Exception) -> str:
+    """An exception as one line: its type and its message's first line (SQL errors run long)."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

@@ -18,14 +18,16 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep import run_dirs
-from mlp_sweep.config import (ALLOWED_ACTIVATIONS, ALLOWED_OPTIMIZERS, validate,
+from mlp_sweep.augment import build_augment
+from mlp_sweep.config import (ALLOWED_ACTIVATIONS, ALLOWED_LOSSES, ALLOWED_OPTIMIZERS, validate,
                               with_canonical_names)
 from mlp_sweep.data import Split, Splits, load_splits
 from mlp_sweep.devices import cpu_threads, resolve_device
-from mlp_sweep.engine import EpochMetrics, fit
+from mlp_sweep.engine import EpochMetrics, best_epoch, fit
 from mlp_sweep.errors import UserError
-from mlp_sweep.model import MLP, parameter_count
+from mlp_sweep.model import MLP, hidden_sizes, parameter_count
 from mlp_sweep.run_record import RunRecord
+from mlp_sweep.schedules import build_scheduler
 from mlp_sweep.trial_link import TrialLink
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,8 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 
 
 def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
-    """Train the model `cfg` describes and return `cfg.objective` from the last epoch.
+    """Train the model `cfg` describes and return `cfg.objective` at the epoch whose weights
+    it keeps (the best validation accuracy; the last epoch without a validation split).
 
     `run_dir` receives status.json, metrics.json and model.pt; with Hydra it defaults to the
     run's output folder, without Hydra nothing is written.
@@ -66,12 +69,18 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
     splits = _on_device(load_splits(cfg.dataset), device)
     activation = instantiate(cfg.activation, _partial_=True,
                              _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
-    model = MLP(cfg.dataset.input_shape, cfg.model.hidden_sizes, cfg.dataset.num_classes,
-                activation, cfg.model.dropout).to(device)
+    model = MLP(cfg.dataset.input_shape, hidden_sizes(cfg.model), cfg.dataset.num_classes,
+                activation, cfg.model.dropout, cfg.model.get("norm", "none")).to(device)
     optimizer = instantiate(cfg.optimizer, _partial_=True,
                             _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
+    loss_fn = instantiate(cfg.loss, _execution_whitelist_=with_canonical_names(ALLOWED_LOSSES))
+    augment = build_augment(cfg.augment)
+    steps_per_epoch = -(-len(splits.train) // cfg.trainer.batch_size)
+    schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
     log.info(f"Model: {model}")
     log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
+             f"schedule {type(schedule.scheduler).__name__ if schedule else 'none'}; "
+             f"augment {type(augment).__name__ if augment else 'none'}; "
              f"{len(splits.train)} training samples; device {device} "
              f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
 
@@ -84,19 +93,26 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
                  f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
                  f"  {metrics.epoch_time_s:.2f} s")
         if record:
-            record.metrics(_metrics_summary(cfg, model, device, history))
+            record.metrics(_metrics_summary(cfg, model, device, history, len(splits.train)))
         if trial:
             trial.report(getattr(metrics, cfg.objective), metrics.epoch,
                          last=metrics.epoch == cfg.trainer.epochs)
 
     history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
                   torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-                  progress=cfg.trainer.progress)
+                  progress=cfg.trainer.progress, loss_fn=loss_fn, augment=augment,
+                  schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
     if record:
         record.completed(model)
-    final = history[-1]
-    log.info(f"test accuracy: {final.test_accuracy:.2%}")
-    return float(getattr(final, cfg.objective))
+    kept = best_epoch(history)
+    if len(history) < cfg.trainer.epochs:
+        log.info(f"early stop after epoch {len(history)}: no better validation accuracy for "
+                 f"{cfg.trainer.early_stopping} epochs <trainer.early_stopping>")
+    if kept is not history[-1]:
+        log.info(f"kept the weights of epoch {kept.epoch}, the best validation accuracy "
+                 f"({kept.val_accuracy:.2%})")
+    log.info(f"test accuracy: {kept.test_accuracy:.2%}")
+    return float(getattr(kept, cfg.objective))
 
 
 def _on_device(splits: Splits, device: torch.device) -> Splits:
@@ -107,16 +123,16 @@ def _on_device(splits: Splits, device: torch.device) -> Splits:
 
 
 def _metrics_summary(cfg: DictConfig, model, device: torch.device,
-                     history: list[EpochMetrics]) -> dict:
-    final = history[-1]
-    best = max(history, key=lambda m: getattr(m, cfg.objective))
+                     history: list[EpochMetrics], train_size: int) -> dict:
+    kept = best_epoch(history)  # model.pt holds this epoch's weights
     return {
         "objective": cfg.objective,
-        "test_accuracy": final.test_accuracy,
-        "val_accuracy": final.val_accuracy,
-        "train_loss": final.train_loss,
-        "best_epoch": best.epoch,
+        "test_accuracy": kept.test_accuracy,
+        "val_accuracy": kept.val_accuracy,
+        "train_loss": kept.train_loss,
+        "best_epoch": kept.epoch,
         "epochs_done": len(history),
+        "train_size": train_size,
         "train_time_s": sum(m.epoch_time_s for m in history),
         "parameter_count": parameter_count(model),
         "device": str(device),

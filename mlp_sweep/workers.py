@@ -1,9 +1,11 @@
 """Asynchronous sweep workers: K Optuna sweep processes on one study, started by one command.
 
-    python -m mlp_sweep.workers 2 hydra.sweeper.n_trials=40
+    python -m mlp_sweep.workers 2 hydra.sweeper.timeout=1800
+    python -m mlp_sweep.workers 2 hparams_search=optuna_course hydra.sweeper.n_trials=40
     python -m mlp_sweep.workers 3 hydra.sweeper.storage=postgresql://user@db-host/optuna
 
-Each worker is `python -m mlp_sweep.train --multirun hparams_search=optuna` with one trial at a
+Each worker is `python -m mlp_sweep.train --multirun hparams_search=optuna` (or the preset the
+overrides name) with one trial at a
 time (`hydra.sweeper.n_jobs=1`) and its own sweep folder; it asks the study for the next trial as
 soon as its last one ends, so no worker waits for a batch's slowest trial as joblib batches do.
 `n_trials` is the study's total across workers. The same command on other hosts, pointed at the
@@ -30,9 +32,10 @@ DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for proce
 def worker_commands(workers: int, overrides: list[str]) -> list[list[str]]:
     """The command of each worker: its own sampler seed, its share of the cores. Creates the
     study first, so that the workers do not race to create the database schema."""
+    # hparams_search=optuna unless the overrides name another preset (optuna_course)
+    preset = [] if any(o.startswith("hparams_search=") for o in overrides) else ["hparams_search=optuna"]
     with initialize_config_dir(config_dir=str(CONF_DIR)):
-        cfg = compose("train", overrides=["hparams_search=optuna", *overrides],
-                      return_hydra_config=True)
+        cfg = compose("train", overrides=[*preset, *overrides], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
     storage, extra = sweeper.storage, []
     if storage is None or str(storage).startswith("sqlite"):
@@ -44,7 +47,7 @@ def worker_commands(workers: int, overrides: list[str]) -> list[list[str]]:
     seed = sweeper.sampler.get("seed") or 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     return [
-        [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna", *overrides,
+        [sys.executable, "-m", "mlp_sweep.train", "--multirun", *preset, *overrides,
          *extra, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.sampler.seed={seed + k}",
          f"trainer.threads={threads}"]
         for k in range(workers)

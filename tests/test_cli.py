@@ -78,8 +78,8 @@ def test_grid_sweep_runs_one_job_per_combination(tmp_path, mnist_root):
     assert not (tmp_path / "outputs").exists()
 
 
-def test_optuna_sweep_maximises_the_returned_accuracy(tmp_path, mnist_root):
-    result = run_cli("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=2", *QUICK,
+def test_course_search_is_one_command_and_maximises_the_returned_accuracy(tmp_path, mnist_root):
+    result = run_cli("--multirun", "hparams_search=optuna_course", "hydra.sweeper.n_trials=2", *QUICK,
                      f"dataset.root={mnist_root}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [sweep] = run_folders(tmp_path / "multirun")
@@ -108,11 +108,19 @@ def test_train_returns_the_objective_it_records(tmp_path, mnist_root):
         ("trainer.batch_size=0", "trainer.batch_size=0 is not allowed"),
         ("trainer.device=cuda:99", "trainer.device='cuda:99' is not present"),
         ("optimizer._target_=os.system", "optimizer._target_='os.system' is not allowed"),
+        ("model.depth=0", "model.depth=0 is not allowed"),
+        ("model.width=0", "model.width=0 is not allowed"),
+        ("loss.label_smoothing=1.5", "loss.label_smoothing=1.5 is out of range"),
+        ("augment=shift augment.shift=-1", "augment.shift=-1 is not allowed"),
+        ("scheduler=cosine trainer.epochs=1 scheduler.warmup_epochs=2",
+         "scheduler.warmup_epochs=2 is not allowed with trainer.epochs=1"),
     ],
 )
 def test_bad_input_fails_in_one_line_without_traceback(tmp_path, mnist_root, override, message):
-    quick = [q for q in QUICK if q.split("=")[0] != override.split("=")[0]]
-    result = run_cli(*quick, f"dataset.root={mnist_root}", override, cwd=tmp_path)
+    overrides = override.split()
+    keys = {o.split("=")[0] for o in overrides}
+    quick = [q for q in QUICK if q.split("=")[0] not in keys]
+    result = run_cli(*quick, f"dataset.root={mnist_root}", *overrides, cwd=tmp_path)
     output = result.stdout + result.stderr
     assert result.returncode != 0
     assert message in output

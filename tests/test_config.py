@@ -36,13 +36,56 @@ def test_default_config_is_the_course_recipe():
         ("activation._target_=builtins.eval", "activation._target_='builtins.eval' is not allowed"),
         ("objective=loss", "objective='loss' is not allowed; allowed: test_accuracy, val_accuracy"),
         ("objective=val_accuracy", "objective=val_accuracy needs a validation split"),
+        ("model.depth=0", "model.depth=0 is not allowed; allowed: an integer >= 1"),
+        ("model.width=0", "model.width=0 is not allowed; allowed: an integer >= 1"),
+        ("model.depth=2", "model.depth=2 and model.width=None: allowed: both integers >= 1"),
+        ("model.norm=group", "model.norm='group' is not allowed; allowed: none, batch, layer"),
+        ("loss.label_smoothing=1.5", "loss.label_smoothing=1.5 is out of range; "
+                                     "allowed: 0 <= label_smoothing < 1"),
+        ("optimizer.weight_decay=-1", "optimizer.weight_decay=-1 is not allowed"),
+        ("augment=shift", None),
+        ("trainer.early_stopping=3", "trainer.early_stopping=3 watches the validation accuracy"),
     ],
 )
 def test_bad_values_are_refused_with_key_value_and_what_is_allowed(override, message):
+    if message is None:  # a valid choice: accepted as it is
+        validate(compose_config(override))
+        return
     with pytest.raises(ConfigError) as error:
         validate(compose_config(override))
     assert message in str(error.value)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (["augment=shift", "augment.shift=-1"],
+         "augment.shift=-1 is not allowed; allowed: an integer >= 0"),
+        (["augment=affine", "augment.degrees=200"], "augment.degrees=200 is out of range"),
+        (["augment=affine", "augment.scale=1.5"], "augment.scale=1.5 is out of range"),
+        (["scheduler=cosine", "trainer.epochs=1", "scheduler.warmup_epochs=2"],
+         "scheduler.warmup_epochs=2 is not allowed with trainer.epochs=1; "
+         "allowed: 0 <= warmup_epochs < trainer.epochs"),
+        (["scheduler=step", "scheduler.interval=batch"],
+         "scheduler.interval='batch' is not allowed; allowed: step, epoch"),
+        (["scheduler=step", "scheduler._target_=os.system"],
+         "scheduler._target_='os.system' is not allowed"),
+        (["augment=shift", "augment._target_=os.system"],
+         "augment._target_='os.system' is not allowed"),
+    ],
+)
+def test_bad_schedule_and_augment_values_are_refused(overrides, message):
+    with pytest.raises(ConfigError) as error:
+        validate(compose_config(*overrides))
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_search_shape_replaces_hidden_sizes():
+    from mlp_sweep.model import hidden_sizes
+
+    assert hidden_sizes(compose_config().model) == [128, 64]
+    assert hidden_sizes(compose_config("model.depth=3", "model.width=256").model) == [256] * 3
 
 
 def test_cpu_is_always_a_device_and_auto_finds_one():

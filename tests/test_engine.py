@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mlp_sweep.data import Split, Splits, load_splits
-from mlp_sweep.engine import DivergedError, evaluate, fit, train_epoch
+from mlp_sweep.engine import DivergedError, EpochMetrics, best_epoch, evaluate, fit, train_epoch
 from mlp_sweep.model import MLP
 
 from conftest import compose_config
@@ -93,3 +93,65 @@ def test_fit_reports_every_epoch_and_learns():
     assert seen[-1] == history
     assert history[-1].train_loss < history[0].train_loss
     assert history[-1].val_accuracy == history[-1].test_accuracy > 0.9
+
+
+def separable(n=512, seed=0) -> Split:
+    generator = torch.Generator().manual_seed(seed)
+    inputs = torch.randn(n, 1, 2, 2, generator=generator)
+    return Split(inputs, (inputs.flatten(1).sum(1) > 0).long())
+
+
+def test_the_model_ends_with_its_best_validation_epochs_weights():
+    torch.manual_seed(0)
+    train, val = separable(seed=0), separable(seed=1)
+    model = MLP((1, 2, 2), [16], 2)
+    weights = {}
+
+    def remember(history):
+        weights[history[-1].epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+
+    # A learning rate that makes the later epochs worse than an early one.
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=3.0), Splits(train, val, val),
+                  epochs=6, batch_size=32, generator=torch.Generator().manual_seed(0),
+                  on_epoch=remember, progress=False)
+    best = best_epoch(history)
+    assert best.val_accuracy == max(m.val_accuracy for m in history)
+    for key, value in model.state_dict().items():
+        assert torch.equal(value, weights[best.epoch][key])
+    assert evaluate(model, val) == best.val_accuracy
+
+
+def test_without_validation_the_last_epoch_is_kept_and_the_test_set_never_chooses():
+    history = [EpochMetrics(1, 0.5, 0.8, None, 0.99, 1.0), EpochMetrics(2, 0.4, 0.9, None, 0.90, 1.0)]
+    assert best_epoch(history).epoch == 2
+
+
+def test_early_stopping_waits_patience_epochs_after_the_best():
+    torch.manual_seed(0)
+    split = separable()
+    model = MLP((1, 2, 2), [16], 2)
+    # lr 0: nothing changes, so epoch 1 stays the best and the run stops `patience` epochs later.
+    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), Splits(split, split, split),
+                  epochs=20, batch_size=64, generator=torch.Generator().manual_seed(0),
+                  progress=False, patience=3)
+    assert [m.epoch for m in history] == [1, 2, 3, 4]
+    assert best_epoch(history).epoch == 1
+
+
+def test_label_smoothing_and_augment_reach_the_training_step():
+    torch.manual_seed(0)
+    split = separable(64)
+    seen = []
+
+    def augment(x):
+        seen.append(x.shape[0])
+        return x
+
+    model = MLP((1, 2, 2), [4], 2)
+    loss_plain, _ = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32,
+                                torch.Generator().manual_seed(0))
+    loss_smooth, _ = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32,
+                                 torch.Generator().manual_seed(0), augment=augment,
+                                 loss_fn=nn.CrossEntropyLoss(label_smoothing=0.5))
+    assert seen == [32, 32]
+    assert loss_smooth != pytest.approx(loss_plain)

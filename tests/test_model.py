@@ -54,3 +54,22 @@ def test_leaky_relu_slope_comes_from_the_config():
     cfg = compose_config("activation=leaky_relu", "activation.negative_slope=0.2")
     module = instantiate(cfg.activation, _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
     assert module(torch.tensor([-1.0])).item() == pytest.approx(-0.2)
+
+
+@pytest.mark.parametrize("norm, layer", [("batch", nn.BatchNorm1d), ("layer", nn.LayerNorm)])
+def test_norm_follows_each_hidden_linear(norm, layer):
+    model = MLP((1, 28, 28), [32, 16], 10, nn.ReLU, dropout=0.1, norm=norm)
+    kinds = [type(m) for m in model]
+    assert kinds == [nn.Flatten, nn.Linear, layer, nn.ReLU, nn.Dropout,
+                     nn.Linear, layer, nn.ReLU, nn.Dropout, nn.Linear]
+    assert [m.normalized_shape[0] if norm == "layer" else m.num_features
+            for m in model if isinstance(m, layer)] == [32, 16]
+    assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)
+
+
+def test_depth_and_width_build_equal_hidden_layers():
+    from mlp_sweep.model import hidden_sizes
+
+    cfg = compose_config("model.depth=3", "model.width=100", "model.norm=layer")
+    model = MLP((1, 28, 28), hidden_sizes(cfg.model), 10, norm=cfg.model.norm)
+    assert [m.out_features for m in model if isinstance(m, nn.Linear)] == [100, 100, 100, 10]

@@ -33,11 +33,11 @@ SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def sweep_args(mnist_root, storage: str, n_trials: int, *extra: str) -> list[str]:
-    return ["--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+    return ["--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
             f"hydra.sweeper.storage={storage}", f"hydra.sweeper.n_trials={n_trials}", *SMALL, *extra]
 
 
-def trials_of(storage: str, name: str = "mlp_mnist") -> list:
+def trials_of(storage: str, name: str = "course_mnist") -> list:
     return load_study(name, storage).get_trials(deepcopy=False)
 
 
@@ -49,7 +49,10 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill it while a labelled trial is running
-        trials = trials_of(storage) if (tmp_path / "optuna.db").exists() else []
+        try:
+            trials = trials_of(storage) if (tmp_path / "optuna.db").exists() else []
+        except KeyError:  # the database is there, the study not yet
+            trials = []
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
         if len(complete) >= 2 and running:
@@ -65,7 +68,7 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     second = run_cli(*args, cwd=tmp_path)
     assert second.returncode == 0, second.stderr
     after = trials_of(storage)
-    finished = [t for t in counted(load_study("mlp_mnist", storage))]
+    finished = [t for t in counted(load_study("course_mnist", storage))]
     assert len(finished) == 8 and all(t.state == TrialState.COMPLETE for t in finished)
     for number, trial in before.items():  # kept, not re-run
         assert after[number].state == TrialState.COMPLETE and after[number].value == trial.value
@@ -81,7 +84,7 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     resumed = sorted(int(p.name) for p in sweeps[1].iterdir() if p.is_dir())
     assert resumed[0] > max(before)  # numbered after the trials already stored
     best = yaml.safe_load((sweeps[1] / "best.yaml").read_text())
-    study = load_study("mlp_mnist", storage)
+    study = load_study("course_mnist", storage)
     assert (best["trial"], best["value"]) == (study.best_trial.number, study.best_value)
     assert best["command"].startswith("python -m mlp_sweep.train ")
     assert best["config"]["objective"] == "val_accuracy"
@@ -147,9 +150,10 @@ def test_joblib_launcher_runs_trials_side_by_side(tmp_path, mnist_root):
     result = run_cli("--multirun", "hparams_search=optuna_joblib", f"dataset.root={mnist_root}",
                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
                      "trainer.epochs=2", *SMALL, "dataset.train_limit=12000",  # jobs of about 1 s
+                     "model.depth=1", "model.width=256", "augment=none",
                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    trials = trials_of(storage)
+    trials = trials_of(storage, "mlp_mnist")  # the joblib preset extends hparams_search=optuna
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     statuses = [json.loads(Path(t.user_attrs["run_dir"], "status.json").read_text()) for t in trials]
@@ -177,12 +181,13 @@ def assert_each_trial_once(storage: str, name: str, n_trials: int, workers: int)
 def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
     storage = f"journal:{tmp_path}/optuna.journal"
     result = subprocess.run(
-        [sys.executable, "-m", "mlp_sweep.workers", "2", f"dataset.root={mnist_root}",
+        [sys.executable, "-m", "mlp_sweep.workers", "2", "hparams_search=optuna_course",
+         f"dataset.root={mnist_root}",
          f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8", "trainer.epochs=2", *SMALL,
          "dataset.train_limit=12000"],  # trials of about 1 s: every worker is up before they run out
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert_each_trial_once(storage, "mlp_mnist", 8, workers=2)
+    assert_each_trial_once(storage, "course_mnist", 8, workers=2)
 
 
 @pytest.fixture(scope="module")
@@ -203,7 +208,8 @@ def postgres_url():
 def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, postgres_url):
     name = f"mlp_mnist_{uuid.uuid4().hex[:8]}"
     result = subprocess.run(
-        [sys.executable, "-m", "mlp_sweep.workers", "3", f"dataset.root={mnist_root}",
+        [sys.executable, "-m", "mlp_sweep.workers", "3", "hparams_search=optuna_course",
+         f"dataset.root={mnist_root}",
          f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={name}",
          "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL, "dataset.train_limit=12000"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
@@ -239,9 +245,9 @@ def test_submitit_local_launcher_runs_the_slurm_preset_here(tmp_path, mnist_root
     result = run_cli("--multirun", "hparams_search=optuna_slurm", "hydra/launcher=submitit_local",
                      f"dataset.root={mnist_root}", f"hydra.sweeper.storage={storage}",
                      "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=1",
-                     *SMALL, cwd=tmp_path)
+                     "model.depth=1", "model.width=64", *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    trials = trials_of(storage)
+    trials = trials_of(storage, "mlp_mnist")  # the SLURM preset extends hparams_search=optuna
     assert sorted(t.number for t in trials) == [0, 1]
     assert all(t.state == TrialState.COMPLETE for t in trials)
     for trial in trials:  # each ran in a submitit job of its own

@@ -1,0 +1,184 @@
+"""Searching for a strong model: the preset's space, budgets in seconds, refits, other datasets.
+Every search here is the real CLI on real MNIST subsets (or small files in the real formats)."""
+
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mlp_sweep.idx import write_idx
+from mlp_sweep.storage import load_study
+
+from conftest import run_cli
+from test_data import write_cifar10
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000",
+         "dataset.val_size=1000"]
+
+
+def refit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "mlp_sweep.refit", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_cli("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
+                     "trainer.epochs=2", "model.width=choice(32,64)", *SMALL,
+                     "hydra.sweep.dir=multirun/strong", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    study = load_study("mlp_mnist", storage)
+    assert "pruner HyperbandPruner" in result.stdout + result.stderr
+    searched = {"model.depth", "model.width", "model.dropout", "model.norm", "activation",
+                "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "scheduler",
+                "augment", "loss.label_smoothing"}
+    for trial in study.trials:
+        assert set(trial.params) == searched
+        config = yaml.safe_load(Path(trial.user_attrs["run_dir"], ".hydra", "config.yaml").read_text())
+        assert config["model"]["depth"] == trial.params["model.depth"]
+        assert config["trainer"]["epochs"] == 2 and config["objective"] == "val_accuracy"
+    best = yaml.safe_load((tmp_path / "multirun" / "strong" / "best.yaml").read_text())
+    metrics = json.loads(Path(best["run_dir"], "metrics.json").read_text())
+    # The sweeper is told the kept (best validation) epoch's value, and model.pt is that epoch.
+    assert best["value"] == metrics["val_accuracy"] == max(e["val_accuracy"] for e in metrics["epochs"])
+    assert metrics["epochs"][metrics["best_epoch"] - 1]["val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_timeout_stops_asking_for_trials_and_lets_the_running_one_finish(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    started = time.time()
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
+                     "hydra.sweeper.timeout=6", "trainer.epochs=1", *SMALL, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "hydra.sweeper.timeout=6 s reached: no new trials" in result.stdout + result.stderr
+    trials = load_study("course_mnist", storage).trials
+    assert 1 <= len(trials) < 500
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+    assert all(t.datetime_start.timestamp() < started + 6 + 10 for t in trials)  # + start-up
+
+    # The budget is per command: running it again adds trials to the same study.
+    again = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                    f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
+                    "hydra.sweeper.timeout=3", "trainer.epochs=1", *SMALL, cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    assert len(load_study("course_mnist", storage).trials) > len(trials)
+
+
+@pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
+def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, timeout):
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                     f"hydra.sweeper.timeout={timeout}", *SMALL, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    assert "hydra.sweeper.timeout=" in output and "allowed: a number of seconds > 0" in output
+    assert "Traceback" not in output
+    assert not (tmp_path / "optuna.db").exists()
+    assert not list(tmp_path.glob("multirun/*/*/0"))
+
+
+def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_path, mnist_root):
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                     "hydra.sweeper.n_trials=2", "trainer.epochs=1", *SMALL,
+                     "hydra.sweep.dir=multirun/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "multirun" / "sweep"
+    refit = refit_cli(str(sweep), "--seeds", "2", cwd=tmp_path)
+    assert refit.returncode == 0, refit.stderr
+    summary = json.loads((sweep / "refit.json").read_text())
+    best = yaml.safe_load((sweep / "best.yaml").read_text())
+    assert summary["trial_dir"] == best["run_dir"] and summary["trial_val_accuracy"] == best["value"]
+    assert summary["seeds"] == [0, 1] and len(summary["test_accuracy"]) == 2
+    assert summary["test_accuracy_mean"] == pytest.approx(np.mean(summary["test_accuracy"]))
+    assert summary["test_accuracy_std"] == pytest.approx(np.std(summary["test_accuracy"], ddof=1))
+    for seed in (0, 1):
+        metrics = json.loads((sweep / "refit" / f"seed_{seed}" / "metrics.json").read_text())
+        assert metrics["train_size"] == 3000 + 1000  # the trial's images and the validation ones
+        assert metrics["val_accuracy"] is None and metrics["objective"] == "test_accuracy"
+        assert metrics["test_accuracy"] == summary["test_accuracy"][seed]
+    assert "test accuracy" in refit.stderr and "±" in refit.stderr
+
+
+def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_root):
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                     "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=1.0",
+                     "optimizer=sgd", "optimizer.lr=inf", "trainer.epochs=1", *SMALL,
+                     "hydra.sweep.dir=multirun/failed", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    sweep = tmp_path / "multirun" / "failed"
+    refit = refit_cli(str(sweep), cwd=tmp_path)
+    output = refit.stdout + refit.stderr
+    assert refit.returncode == 1
+    assert f"{sweep} holds no completed trial to refit" in output and "Traceback" not in output
+    assert not (sweep / "refit.json").exists() and not (sweep / "refit").exists()
+    for args in (["--seeds", "0"], [str(tmp_path / "nowhere")]):
+        bad = refit_cli(*([str(sweep)] if args[0] == "--seeds" else []), *args, cwd=tmp_path)
+        assert bad.returncode == 1 and "allowed:" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_fashion_mnist_search_runs_the_preset_on_files_in_the_real_format(tmp_path):
+    raw = tmp_path / "data" / "FashionMNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
+    write_idx(raw / "train-images-idx3-ubyte", images)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(300, dtype=np.uint8) % 10)
+    write_idx(raw / "t10k-images-idx3-ubyte", images[:100])
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(100, dtype=np.uint8) % 10)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_cli("--multirun", "hparams_search=optuna", "dataset=fashion_mnist",
+                     "dataset.root=data", "dataset.val_size=100", f"hydra.sweeper.storage={storage}",
+                     "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
+                     "model.width=choice(16,32)", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load_study("mlp_fashion_mnist", storage).trials  # its own study, named by dataset
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+
+
+CIFAR_MAIN = """
+import json
+import sys
+from torchvision import datasets
+md5 = json.loads(sys.argv.pop(1))  # the written files' checksums, in place of CIFAR-10's own
+datasets.CIFAR10.train_list = [[n, md5[n]] for n, _ in datasets.CIFAR10.train_list]
+datasets.CIFAR10.test_list = [[n, md5[n]] for n, _ in datasets.CIFAR10.test_list]
+datasets.CIFAR10.meta["md5"] = md5["batches.meta"]
+import runpy
+runpy.run_module("mlp_sweep.train", run_name="__main__")  # as python -m mlp_sweep.train
+"""
+
+
+def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path):
+    import hashlib
+
+    folder, _ = write_cifar10(tmp_path / "data", np.random.default_rng(1))
+    md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = subprocess.run(
+        [sys.executable, "-c", CIFAR_MAIN, json.dumps(md5), "--multirun", "hparams_search=optuna",
+         "dataset=cifar10", "dataset.root=data", "dataset.val_size=5",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
+         "trainer.progress=false", "model.width=choice(16,32)", "augment=choice(none,flip_crop)",
+         "trainer.batch_size=choice(4,8)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    trials = load_study("mlp_cifar10", storage).trials
+    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert {t.params["augment"] for t in trials} <= {"none", "flip_crop"}
+    for trial in trials:
+        log = Path(trial.user_attrs["run_dir"], "train.log").read_text()
+        assert "15 training samples" in log
