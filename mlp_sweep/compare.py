@@ -264,11 +264,12 @@ def write_json(comparison: Comparison, path: Path) -> None:
 
 
 def study_record(study: StudyRecord) -> dict:
-    """An Optuna study's summary and parameter importances (null, with the reason, when none)."""
+    """An Optuna study's summary, parameter importances (null, with the reason, when none) and
+    refit (null when the sweep was not refitted)."""
     return {"name": study.name, "storage": study.storage, "sweep_dir": str(_display_path(study.sweep_dir)),
             "best_value": study.best_value, "completed_trials": len(study.completed_trials()),
             "importance_evaluator": IMPORTANCE_EVALUATOR, "importances": study.importances,
-            "importances_note": study.importances_note or None}
+            "importances_note": study.importances_note or None, "refit": study.refit}
 
 
 def _display_path(path: Path) -> Path:

@@ -11,7 +11,8 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 - storages given as a string: RDB URLs, and `journal:PATH` for Optuna's JournalStorage;
 - several sweep processes on one study (async workers): a trial asked beyond `n_trials` by a
   race between workers is marked FAIL (`surplus`) and not counted;
-- `best.yaml` beside `optimization_results.yaml`: the best trial, its folder, config and command.
+- `best.yaml` beside `optimization_results.yaml`: the best trial, its folder, config and command;
+- `timeout`: a budget in seconds per command, after which no new trial is asked for.
 """
 
 import datetime

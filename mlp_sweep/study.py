@@ -5,10 +5,12 @@ pruned, failed) comes from the study, and the best value is checked against Optu
 study also gives the parameter importances.
 """
 
+import json
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mlp_sweep.refit import REFIT_FILE
 from mlp_sweep.runs import Run, load_yaml
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
@@ -38,6 +40,7 @@ class StudyRecord:
     load_error: str | None = None
     importances: dict | None = None  # parameter -> importance, most important first
     importances_note: str = ""       # why there are none, when there are none
+    refit: dict | None = None        # refit.json, when python -m mlp_sweep.refit ran on the sweep
 
     def apply_states(self, runs: list[Run]) -> None:
         """Give each run of this sweep the state its trial has in the study."""
@@ -71,7 +74,15 @@ class StudyRecord:
             counts = ", ".join(f"{states.count(s)} {s}" for s in dict.fromkeys(states)) + "; "
         best = "no best value yet" if self.best_value is None else (
             f"best value {self.best_value:.4f} with {self.best_params}")
-        return f"Optuna study {self.name} ({where}) in {self.sweep_dir}: {counts}{best}"
+        return f"Optuna study {self.name} ({where}) in {self.sweep_dir}: {counts}{best}{self._refit_text()}"
+
+    def _refit_text(self) -> str:
+        if not self.refit:
+            return ""
+        r = self.refit
+        return (f"; refit of {Path(r['trial_dir']).name} on training + validation images "
+                f"(trainer.epochs={r['epochs']}, {len(r['seeds'])} seeds): test accuracy "
+                f"{r['test_accuracy_mean']:.4f} ± {r['test_accuracy_std']:.4f}")
 
     def completed_trials(self) -> list:
         return [t for t in self.trials if t.state.name == "COMPLETE" and t.value is not None]
@@ -146,8 +157,16 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
                 best = max(complete, key=lambda t: t.value)  # the presets maximise
                 record.best_value, record.best_params = best.value, best.params
         record.compute_importances()
+        record.refit = _load_refit(sweep_dir / REFIT_FILE)
         records[sweep_dir] = record
     return list(records.values())
+
+
+def _load_refit(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
 
 
 def _load_study(name: str | None, storage: str) -> tuple[object, str | None]:

@@ -8,6 +8,7 @@
 import logging
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import optuna
@@ -27,7 +28,7 @@ from mlp_sweep.engine import EpochMetrics, best_epoch, fit
 from mlp_sweep.errors import UserError
 from mlp_sweep.model import MLP, hidden_sizes, parameter_count
 from mlp_sweep.run_record import RunRecord
-from mlp_sweep.schedules import build_scheduler
+from mlp_sweep.schedules import Schedule, build_scheduler
 from mlp_sweep.trial_link import TrialLink
 
 log = logging.getLogger(__name__)
@@ -67,16 +68,7 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
     torch.manual_seed(cfg.trainer.seed)
 
     splits = _on_device(load_splits(cfg.dataset), device)
-    activation = instantiate(cfg.activation, _partial_=True,
-                             _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
-    model = MLP(cfg.dataset.input_shape, hidden_sizes(cfg.model), cfg.dataset.num_classes,
-                activation, cfg.model.dropout, cfg.model.get("norm", "none")).to(device)
-    optimizer = instantiate(cfg.optimizer, _partial_=True,
-                            _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
-    loss_fn = instantiate(cfg.loss, _execution_whitelist_=with_canonical_names(ALLOWED_LOSSES))
-    augment = build_augment(cfg.augment)
-    steps_per_epoch = -(-len(splits.train) // cfg.trainer.batch_size)
-    schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
     log.info(f"Model: {model}")
     log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
              f"schedule {type(schedule.scheduler).__name__ if schedule else 'none'}; "
@@ -113,6 +105,30 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
                  f"({kept.val_accuracy:.2%})")
     log.info(f"test accuracy: {kept.test_accuracy:.2%}")
     return float(getattr(kept, cfg.objective))
+
+
+class Training(NamedTuple):
+    model: MLP
+    optimizer: torch.optim.Optimizer
+    loss_fn: torch.nn.Module
+    augment: torch.nn.Module | None
+    schedule: Schedule | None
+
+
+def build_training(cfg: DictConfig, train_size: int,
+                   device: torch.device = torch.device("cpu")) -> Training:
+    """The model (on `device`), optimizer, loss, augmentation and schedule `cfg` describes, for
+    a training split of `train_size` images (the schedule's length depends on it)."""
+    activation = instantiate(cfg.activation, _partial_=True,
+                             _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
+    model = MLP(cfg.dataset.input_shape, hidden_sizes(cfg.model), cfg.dataset.num_classes,
+                activation, cfg.model.dropout, cfg.model.get("norm", "none")).to(device)
+    optimizer = instantiate(cfg.optimizer, _partial_=True,
+                            _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
+    loss_fn = instantiate(cfg.loss, _execution_whitelist_=with_canonical_names(ALLOWED_LOSSES))
+    steps_per_epoch = -(-train_size // cfg.trainer.batch_size)
+    schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
+    return Training(model, optimizer, loss_fn, build_augment(cfg.augment), schedule)
 
 
 def _on_device(splits: Splits, device: torch.device) -> Splits:

@@ -76,6 +76,21 @@ def test_timeout_stops_asking_for_trials_and_lets_the_running_one_finish(tmp_pat
     assert len(load_study("course_mnist", storage).trials) > len(trials)
 
 
+def test_timeout_bounds_each_async_worker(tmp_path, mnist_root):
+    storage = f"journal:{tmp_path}/optuna.journal"
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.workers", "2", "hparams_search=optuna_course",
+         f"dataset.root={mnist_root}", f"hydra.sweeper.storage={storage}",
+         "hydra.sweeper.n_trials=500", "hydra.sweeper.timeout=8", "trainer.epochs=1", *SMALL],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert (result.stdout + result.stderr).count("hydra.sweeper.timeout=8 s reached") == 2
+    trials = load_study("course_mnist", storage).trials
+    assert 2 <= len(trials) < 500
+    assert len({t.user_attrs["worker"] for t in trials}) == 2
+    assert all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
+
+
 @pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
 def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, timeout):
     result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
@@ -110,6 +125,14 @@ def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_
         assert metrics["val_accuracy"] is None and metrics["objective"] == "test_accuracy"
         assert metrics["test_accuracy"] == summary["test_accuracy"][seed]
     assert "test accuracy" in refit.stderr and "±" in refit.stderr
+
+    shown = subprocess.run([sys.executable, "-m", "mlp_sweep.compare", str(sweep), "--json", "c.json"],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert (f"refit of {Path(best['run_dir']).name} on training + validation images (trainer.epochs=1, "
+            f"2 seeds): test accuracy {summary['test_accuracy_mean']:.4f} ±") in shown.stdout
+    [study] = json.loads((tmp_path / "c.json").read_text())["studies"]
+    assert study["refit"] == summary
 
 
 def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_root):
