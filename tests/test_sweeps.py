@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
@@ -41,6 +42,16 @@ def trials_of(storage: str, name: str = "course_mnist") -> list:
     return load_study(name, storage).get_trials(deepcopy=False)
 
 
+def study_exists(database: Path) -> bool:
+    """Whether the sweep has created its study, read without creating any table: Optuna would
+    create the schema itself, racing the sweep that is creating it."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT COUNT(*) FROM studies").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
+
+
 def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     args = sweep_args(mnist_root, storage, 8, "trainer.epochs=4", "dataset.train_limit=12000",
@@ -49,10 +60,7 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
     while time.time() < deadline:  # kill it while a labelled trial is running
-        try:
-            trials = trials_of(storage) if (tmp_path / "optuna.db").exists() else []
-        except KeyError:  # the database is there, the study not yet
-            trials = []
+        trials = trials_of(storage) if study_exists(tmp_path / "optuna.db") else []
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
         if len(complete) >= 2 and running:
