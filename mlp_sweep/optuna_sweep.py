@@ -15,14 +15,18 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 - `timeout`: a budget in seconds per command, after which no new trial is asked for.
 """
 
+import contextlib
 import datetime
+import functools
 import logging
+import math
 import os
 import socket
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy
 import optuna
@@ -30,25 +34,32 @@ import yaml
 from hydra.utils import instantiate
 from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
+from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
+from mlp_sweep.errors import UserError
 from mlp_sweep.runs import load_yaml, reproduce_command
-from mlp_sweep.storage import open_storage
+from mlp_sweep.storage import Heartbeat, create_study
+from mlp_sweep.study_settings import check_same_settings, study_settings
 from mlp_sweep.trial_link import TRIAL_ID_VARIABLE
 
 log = logging.getLogger(__name__)
 
-WORKER = f"{socket.gethostname()}:{os.getpid()}"
+# This process as trials record it; MLP_SWEEP_HOST names the host where containers share one name.
+HOST = os.environ.get("MLP_SWEEP_HOST") or socket.gethostname()
+WORKER = f"{HOST}:{os.getpid()}"
 NOT_COUNTED = ("interrupted", "surplus")  # FAIL trials that do not use up n_trials
 UNLABELLED_GRACE = datetime.timedelta(seconds=60)
 
 
 class ResumableOptunaSweep(OptunaSweeperImpl):
     def __init__(self, *, pruner: Any, custom_search_space: str | None,
-                 sampler_config: DictConfig, timeout: float | None = None, **stock: Any) -> None:
+                 sampler_config: DictConfig, timeout: float | None = None,
+                 heartbeat: Heartbeat | None = None, **stock: Any) -> None:
         super().__init__(custom_search_space=None, **stock)
         self.sampler_config = sampler_config
         self.timeout = timeout
+        self.heartbeat = heartbeat
         self.pruner = instantiate(pruner, _execution_whitelist_=["optuna.pruners.*"]) \
             if pruner else optuna.pruners.NopPruner()
         if custom_search_space:
@@ -57,17 +68,27 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                 _execution_whitelist_=[custom_search_space])
 
     def sweep(self, arguments: list[str]) -> None:
+        try:
+            self._sweep(arguments)
+        except UserError as error:  # bad input: one line, nothing half-made
+            refuse(error)
+
+    def _sweep(self, arguments: list[str]) -> None:
         started = time.monotonic()
-        _check_timeout(self.timeout)
         self._process_searchspace_config()
-        space, fixed_params, fixed_overrides = create_params_from_overrides(
+        space, fixed_params, fixed_overrides = parse_space(
             self._parse_sweeper_params_config() + list(arguments))
         for name in fixed_params:
             space.pop(name, None)
+        grid = self._grid_choices(space)
+        if grid is not None:
+            self.sampler = self.sampler(grid)
+            self.n_trials = min(self.n_trials, math.prod(len(v) for v in grid.values()))
+            log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
 
-        study = optuna.create_study(
-            study_name=self.study_name, storage=open_storage(self.storage), sampler=self.sampler,
-            pruner=self.pruner, directions=self._get_directions(), load_if_exists=True)
+        study = create_study(self.study_name, self.storage, self.sampler, self.pruner,
+                             self._get_directions(), self.heartbeat)
+        check_same_settings(study, study_settings(self.config, space), self.storage)
         self._fail_interrupted(study)
         done = counted(study)
         seed = self.sampler_config.get("seed")
@@ -76,8 +97,9 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             # with the trial count, not added to it: workers get seeds 123, 124... (mlp_sweep.workers)
             # and 123 + 1 trial would collide with the next worker's 124.
             mixed = int(numpy.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
-            study.sampler = instantiate(self.sampler_config, seed=mixed,
-                                        _execution_whitelist_=["optuna.samplers.*"])
+            sampler = instantiate(self.sampler_config, seed=mixed,
+                                  _execution_whitelist_=SAMPLER_TARGETS)
+            study.sampler = sampler(grid) if grid is not None else sampler
         log.info(f"Study {study.study_name} in {self.storage or 'memory'}: {len(done)} of "
                  f"{self.n_trials} trials recorded or running; pruner {type(self.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
@@ -87,6 +109,7 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                 log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
                          f"{len(counted(study))} of {self.n_trials} trials in the study")
                 break
+            self._fail_stale(study)
             trials = [t for t in (self._ask(study, sweep_dir) for _ in range(min(self.n_jobs, missing)))
                       if t]
             if not trials:
@@ -97,7 +120,10 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                 for job, trial in zip(
                     self._configure_trials(trials, space, fixed_params, fixed_overrides), trials)
             ]
-            returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            with contextlib.ExitStack() as beating:  # heartbeats while the jobs run (RDB storages)
+                for trial in trials:
+                    beating.enter_context(get_heartbeat_thread(trial._trial_id, study._storage))
+                returns = self.launcher.launch(overrides, initial_job_idx=trials[0].number)
             for trial, job in zip(trials, returns):
                 self._tell(study, trial, job)
             failures = [t for t in counted(study) if t.state == TrialState.FAIL]
@@ -106,6 +132,8 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                           f"max_failure_rate={self.max_failure_rate}; stopping the sweep")
                 for job in returns:
                     job.return_value  # re-raises the job's own exception, with its traceback
+                raise RuntimeError(f"{len(failures)} failed trials exceed max_failure_rate="
+                                   f"{self.max_failure_rate} of n_trials={self.n_trials}")
         self._write_results(study, sweep_dir)
 
     def _ask(self, study: optuna.Study, sweep_dir: Path) -> optuna.Trial | None:
@@ -121,26 +149,60 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             return None
         return trial
 
+    def _grid_choices(self, space: dict) -> dict[str, list] | None:
+        """The grid when the sampler is the stock `grid` one, which can only be built once the
+        search space is known (its config is a partial); else None."""
+        if not (isinstance(self.sampler, functools.partial)
+                and self.sampler.func is optuna.samplers.GridSampler):
+            return None
+        try:
+            return {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
+        except (ValueError, AssertionError) as error:
+            raise UserError(f"hydra/sweeper/sampler=grid needs discrete parameters ({error}); "
+                            "allowed: choice(...), range(...), int(interval(...))") from None
+
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job) -> None:
+        state, values = TrialState.COMPLETE, None
         try:
             value = job.return_value  # raises what the job raised
             if isinstance(value, optuna.TrialPruned):  # mlp_sweep.train returns it, not raises
-                study.tell(trial, state=TrialState.PRUNED)
-                log.info(f"Trial {trial.number} pruned: {value}")
-            else:
-                study.tell(trial, float(value))
+                raise value
+            values = objective_values(value, len(self._get_directions()))
+        except optuna.TrialPruned as pruned:
+            state = TrialState.PRUNED
+            log.info(f"Trial {trial.number} pruned: {pruned}")
         except Exception as error:
-            reason = f"{type(error).__name__}: {error}"
+            state, reason = TrialState.FAIL, f"{type(error).__name__}: {error}"
             trial.set_user_attr("fail_reason", reason)
-            study.tell(trial, state=TrialState.FAIL)
-            log.warning(f"Trial {trial.number} failed: {reason} "
-                        f"(traceback in {trial.user_attrs.get('run_dir')}/status.json)")
+            status = Path(trial.user_attrs.get("run_dir", ""), "status.json")
+            log.warning(f"Trial {trial.number} failed: {reason}"
+                        + (f" (traceback in {status})" if status.is_file() else ""))
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as error:
+            # The grid sampler stops the study once every point is asked; outside optimize()
+            # Optuna reports that as this error, after recording the trial.
+            if "Study.stop" not in str(error):
+                raise
+
+    def _fail_stale(self, study: optuna.Study) -> None:
+        """Optuna's check for trials whose worker, on any host, stopped sending heartbeats: they
+        are recorded FAIL and queued again with their params (RetryHeartbeatStaleTrialCallback)."""
+        if self.heartbeat is None:
+            return
+        before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+        optuna.storages.fail_stale_trials(study)
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if trial.number in before:
+                log.warning(f"Trial {trial.number} of worker {trial.user_attrs.get('worker', '?')} "
+                            f"sent no heartbeat for {self.heartbeat.grace_period or 2 * self.heartbeat.interval} s: "
+                            "recorded FAIL and queued again with its params")
 
     def _fail_interrupted(self, study: optuna.Study) -> None:
         """Trials still RUNNING whose worker process on this host is gone were killed with it;
         so were those never labelled with a worker (killed between ask and label) after a grace
         period that a live worker needs far less than to label its trial."""
-        host = socket.gethostname()
+        host = HOST
         now = datetime.datetime.now()
         for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
             worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
@@ -165,41 +227,128 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
         OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                          "best_value": best.value}),
                        sweep_dir / "optimization_results.yaml")
-        run_dir = Path(best.user_attrs.get("run_dir", ""))
-        config = load_yaml(run_dir / ".hydra" / "config.yaml")
-        overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
-        (sweep_dir / "best.yaml").write_text(yaml.safe_dump({
-            "trial": best.number,
-            "value": best.value,
-            "run_dir": str(run_dir),
-            "params": best.params,
+        (sweep_dir / "best.yaml").write_text(yaml.safe_dump(
+            {**_trial_record(best), "value": best.value}, sort_keys=False))
+        log.info(f"Best trial {best.number}: {best.value} in {best.user_attrs.get('run_dir')}; "
+                 f"written to {sweep_dir}/best.yaml")
+
+
+def _trial_record(trial: optuna.trial.FrozenTrial) -> dict:
+    """A trial as best.yaml shows it: number, folder, params, the command and config of its run."""
+    run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    return {"trial": trial.number, "run_dir": str(run_dir), "params": trial.params,
             "command": reproduce_command(overrides),
-            "config": config,
-        }, sort_keys=False))
-        log.info(f"Best trial {best.number}: {best.value} in {run_dir}; written to {sweep_dir}/best.yaml")
+            "config": load_yaml(run_dir / ".hydra" / "config.yaml")}
 
 
-def _check_timeout(timeout: object) -> None:
-    """A bad timeout stops the sweep before a study or a folder exists, with one line."""
-    if timeout is None:
-        return
-    if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0:
-        log.error(f"Error: hydra.sweeper.timeout={timeout!r} is not allowed; allowed: a number "
-                  "of seconds > 0, or null (no time limit)")
-        sys.exit(1)
+SAMPLER_TARGETS = ["optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*"]
+
+
+def refuse(error: UserError) -> NoReturn:
+    """Stop the sweep with the one line a user needs, exit code 1."""
+    log.error(f"Error: {error}")
+    sys.exit(1)
+
+
+def check_settings(stock: Mapping[str, Any], pruner: Any, timeout: Any, heartbeat_interval: Any,
+                   grace_period: Any, max_retry: Any) -> Heartbeat | None:
+    """The sweeper's own keys, checked before anything is built: one line for the first bad one.
+    Returns the heartbeat settings, when heartbeat_interval is set."""
+    try:
+        for key, value in (("heartbeat_interval", heartbeat_interval),
+                           ("grace_period", grace_period)):
+            if value is not None:
+                _check_number(f"hydra.sweeper.{key}", value, "an integer number of seconds >= 1, "
+                              "or null", lambda v: isinstance(v, int) and v >= 1)
+        if max_retry is not None:
+            _check_number("hydra.sweeper.max_retry", max_retry, "an integer >= 0, or null "
+                          "(no limit)", lambda v: isinstance(v, int) and v >= 0)
+        _check_number("hydra.sweeper.n_trials", stock.get("n_trials"), "an integer >= 1",
+                      lambda v: isinstance(v, int) and v >= 1)
+        _check_number("hydra.sweeper.max_failure_rate", stock.get("max_failure_rate"),
+                      "a number from 0 to 1", lambda v: 0 <= v <= 1)
+        if timeout is not None:
+            _check_number("hydra.sweeper.timeout", timeout,
+                          "a number of seconds > 0, or null (no time limit)", lambda v: v > 0)
+        sampler = str((stock.get("sampler") or {}).get("_target_", ""))
+        if not sampler.startswith(("optuna.samplers.", "hydra_plugins.hydra_optuna_sweeper.")):
+            raise UserError(f"hydra.sweeper.sampler._target_={sampler!r} is not allowed; allowed: "
+                            "an optuna.samplers class, e.g. hydra/sweeper/sampler=tpe, random, "
+                            "cmaes, nsgaii, nsgaiii, qmc, gp, grid")
+        target = str((pruner or {}).get("_target_", "optuna.pruners.NopPruner"))
+        if not target.startswith("optuna.pruners."):
+            raise UserError(f"hydra.sweeper.pruner._target_={target!r} is not allowed; allowed: "
+                            "an optuna.pruners class, e.g. hydra/sweeper/pruner=none, median, "
+                            "successive_halving, hyperband")
+    except UserError as error:
+        refuse(error)
+    if heartbeat_interval is None:
+        return None
+    return Heartbeat(heartbeat_interval, grace_period, max_retry)
+
+
+def _check_number(key: str, value: object, allowed: str, ok) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not ok(value):
+        raise UserError(f"{key}={value!r} is not allowed; allowed: {allowed}")
+
+
+def parse_space(entries: list[str]) -> tuple[dict, dict, list]:
+    """The stock sweeper's reading of `params` and sweep arguments; an entry it cannot read is
+    named in one line."""
+    try:
+        return create_params_from_overrides(entries)
+    except Exception:
+        for entry in entries:  # find the one to name
+            try:
+                create_params_from_overrides([entry])
+            except Exception as error:
+                raise UserError(
+                    f"hydra.sweeper.params: {entry!r} cannot be read ({type(error).__name__}: "
+                    f"{str(error).splitlines()[0] if str(error) else ''}); allowed: Hydra's sweep "
+                    "syntax, e.g. choice(a,b), range(1,5), interval(0.1,0.5), "
+                    "tag(log, interval(1e-4,1e-1))") from None
+        raise
+
+
+def objective_values(value: object, directions: int) -> list[float]:
+    """The task's return as one float per direction; a value Optuna cannot record (NaN, the
+    wrong count, not a number) raises ValueError, and the trial is recorded FAIL."""
+    values = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    if len(values) != directions:
+        raise ValueError(f"the task returned {len(values)} value(s) for {directions} "
+                         f"direction(s): {value!r}")
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"the task returned {value!r}, not numbers") from None
+    if any(math.isnan(f) for f in floats):
+        raise ValueError(f"the task returned NaN: {value!r}")
+    return floats
 
 
 def counted(study: optuna.Study) -> list[optuna.trial.FrozenTrial]:
-    """The trials that use up `n_trials`: all but those interrupted or asked in surplus."""
-    return [t for t in study.get_trials(deepcopy=False)
-            if not (t.state == TrialState.FAIL and any(t.user_attrs.get(k) for k in NOT_COUNTED))]
+    """The trials that use up `n_trials`: all but those interrupted, asked in surplus, or failed
+    for want of a heartbeat and run again (their retry is counted instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {n for t in trials for n in t.system_attrs.get("retry_history", ())}
+    return [t for t in trials
+            if not (t.state == TrialState.FAIL
+                    and (t.number in retried or any(t.user_attrs.get(k) for k in NOT_COUNTED)))]
 
 
 def _pareto_results(study: optuna.Study, sweep_dir: Path) -> None:
-    """Several objectives have no single best: the stock sweeper's Pareto-front record."""
+    """Several objectives have no single best: the stock sweeper's Pareto-front record, and
+    best.yaml listing the front's trials."""
+    front = study.best_trials
     OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": [
-        {"params": t.params, "values": t.values} for t in study.best_trials]}),
+        {"params": t.params, "values": t.values} for t in front]}),
         sweep_dir / "optimization_results.yaml")
+    (sweep_dir / "best.yaml").write_text(yaml.safe_dump({
+        "directions": [d.name.lower() for d in study.directions],
+        "pareto_front": [{**_trial_record(t), "values": t.values} for t in front],
+    }, sort_keys=False))
+    log.info(f"Pareto front of {len(front)} trial(s) written to {sweep_dir}/best.yaml")
 
 
 def _alive(pid: int) -> bool:

@@ -46,10 +46,16 @@ class StudyRecord:
         """Give each run of this sweep the state its trial has in the study."""
         by_folder = {Path(t.user_attrs["run_dir"]).resolve(): t for t in self.trials
                      if "run_dir" in t.user_attrs}
+        retried_as = {n: t.number for t in self.trials
+                      for n in t.system_attrs.get("retry_history", ())}
         for run in runs:
             trial = by_folder.get(run.folder.resolve())
-            if trial is not None:
-                run.state = _state_name(trial)
+            if trial is None:
+                continue
+            run.state = _state_name(trial)
+            if run.state == "failed" and trial.number in retried_as:
+                run.error = (f"its worker stopped sending heartbeats; run again as trial "
+                             f"{retried_as[trial.number]}")
 
     def run_dirs(self) -> list[Path]:
         """The job folders of the study's trials that still exist, from every sweep that ran it."""

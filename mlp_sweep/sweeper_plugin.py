@@ -1,7 +1,9 @@
 """The Hydra sweeper plugin `hydra/sweeper=mlp_optuna` (its logic: mlp_sweep.optuna_sweep).
 
 Hydra finds it through the `hydra.plugins` entry point in pyproject.toml, which also imports this
-module and so registers the config below.
+module and so registers the configs below: the sweeper and its pruners, as the stock plugin
+registers its samplers, so that any Hydra app can compose `hydra/sweeper=mlp_optuna` and
+`hydra/sweeper/pruner=hyperband` without a config file of its own.
 """
 
 from dataclasses import dataclass, field
@@ -17,26 +19,78 @@ class ResumableOptunaSweeper(OptunaSweeper):
     """The stock OptunaSweeper with mlp_sweep's resumable, pruning implementation."""
 
     def __init__(self, pruner: Any = None, custom_search_space: str | None = None,
-                 timeout: Any = None, **stock: Any) -> None:
+                 timeout: Any = None, heartbeat_interval: Any = None, grace_period: Any = None,
+                 max_retry: Any = 3, **stock: Any) -> None:
+        from mlp_sweep.optuna_sweep import ResumableOptunaSweep, check_settings
+
+        # Before the stock code asserts on them, or Optuna raises: one line for a bad value.
+        heartbeat = check_settings(stock, pruner, timeout, heartbeat_interval, grace_period,
+                                   max_retry)
         sampler_config = stock["sampler"]
         super().__init__(custom_search_space=None, **stock)  # builds the sampler the stock way
-        from mlp_sweep.optuna_sweep import ResumableOptunaSweep
-
         stock["sampler"] = self.sweeper.sampler
         self.sweeper = ResumableOptunaSweep(pruner=pruner, custom_search_space=custom_search_space,
                                             sampler_config=sampler_config, timeout=timeout,
-                                            **stock)
+                                            heartbeat=heartbeat, **stock)
 
 
 @dataclass
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mlp_sweep.sweeper_plugin.ResumableOptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
-    pruner: Any = MISSING  # from the hydra/sweeper/pruner group (conf/hydra/sweeper/pruner)
+    pruner: Any = MISSING  # from the hydra/sweeper/pruner group below
     # Seconds after which no new trial starts (running trials finish), counted from this
     # command's start, as Optuna's own `study.optimize(timeout=...)`; null = no limit.
     timeout: Any = None
+    # Dead workers on any host (RDB storages): a running trial records a heartbeat every
+    # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is
+    # failed before the next trial is asked, and run again with its params up to max_retry times.
+    heartbeat_interval: Any = None
+    grace_period: Any = None
+    max_retry: Any = 3
 
 
-ConfigStore.instance().store(group="hydra/sweeper", name="mlp_optuna",
-                             node=ResumableOptunaSweeperConf, provider="mlp_sweep")
+@dataclass
+class NopPrunerConf:
+    """Every trial runs all its steps."""
+
+    _target_: str = "optuna.pruners.NopPruner"
+
+
+@dataclass
+class MedianPrunerConf:
+    """https://optuna.readthedocs.io/en/stable/reference/generated/optuna.pruners.MedianPruner.html"""
+
+    _target_: str = "optuna.pruners.MedianPruner"
+    n_startup_trials: int = 3  # trials that always run to the end first
+    n_warmup_steps: int = 1    # steps (epochs) before a trial can be pruned
+    interval_steps: int = 1
+
+
+@dataclass
+class SuccessiveHalvingPrunerConf:
+    """https://optuna.readthedocs.io/en/stable/reference/generated/optuna.pruners.SuccessiveHalvingPruner.html"""
+
+    _target_: str = "optuna.pruners.SuccessiveHalvingPruner"
+    min_resource: Any = 1      # steps (epochs) before the first rung
+    reduction_factor: int = 3
+    min_early_stopping_rate: int = 0
+
+
+@dataclass
+class HyperbandPrunerConf:
+    """https://optuna.readthedocs.io/en/stable/reference/generated/optuna.pruners.HyperbandPruner.html"""
+
+    _target_: str = "optuna.pruners.HyperbandPruner"
+    min_resource: int = 1
+    max_resource: Any = "auto"  # a trial's steps; mlp_sweep's presets set ${trainer.epochs}
+    reduction_factor: int = 3
+
+
+store = ConfigStore.instance()
+store.store(group="hydra/sweeper", name="mlp_optuna", node=ResumableOptunaSweeperConf,
+            provider="mlp_sweep")
+for name, node in (("none", NopPrunerConf), ("median", MedianPrunerConf),
+                   ("successive_halving", SuccessiveHalvingPrunerConf),
+                   ("hyperband", HyperbandPrunerConf)):
+    store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mlp_sweep")

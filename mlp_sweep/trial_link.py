@@ -1,5 +1,8 @@
 """The job's side of an Optuna trial: report the objective after every epoch, stop when pruned.
 
+`report(value, step)` is the same for any Hydra app's task function (README: "Use the sweeper in
+your own Hydra app").
+
 The sweeper (mlp_sweep.optuna_sweep) passes the trial's id to the job in the environment; the
 study's name, storage and pruner come from the job's own Hydra config (`hydra.sweeper`), which is
 the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_environment()` is None.
@@ -45,3 +48,21 @@ class TrialLink:
             log.info(f"pruned after epoch {epoch}: {value:.4f} is below what the pruner "
                      f"({type(self.trial.study.pruner).__name__}) lets continue")
             raise optuna.TrialPruned(f"pruned after epoch {epoch} at {value:.4f}")
+
+
+_links: dict[str, TrialLink | None] = {}
+
+
+def report(value: float, step: int) -> None:
+    """Report a task's value at `step` to its Optuna trial, and raise `optuna.TrialPruned` when
+    the study's pruner says stop: the sweeper records the trial PRUNED.
+
+    For any Hydra app swept with `hydra/sweeper=mlp_optuna` and a storage; in a single run, a grid
+    or an in-memory study it does nothing, so the same task runs everywhere.
+    """
+    trial_id = os.environ.get(TRIAL_ID_VARIABLE)
+    if trial_id not in _links:  # one lookup per trial: the jobs of a sweep may share a process
+        _links[trial_id] = TrialLink.from_environment()
+    link = _links[trial_id]
+    if link is not None:
+        link.report(value, step)

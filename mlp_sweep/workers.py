@@ -19,11 +19,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import optuna
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from mlp_sweep.storage import open_storage
+from mlp_sweep.errors import UserError
+from mlp_sweep.storage import create_study
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
@@ -42,8 +42,7 @@ def worker_commands(workers: int, overrides: list[str]) -> list[list[str]]:
         storage = DEFAULT_STORAGE  # SQLite locks under parallel writes
         extra.append(f"hydra.sweeper.storage={storage}")
     directions = list(sweeper.direction) if OmegaConf.is_list(sweeper.direction) else [sweeper.direction]
-    optuna.create_study(study_name=sweeper.study_name, storage=open_storage(storage),
-                        directions=[str(d) for d in directions], load_if_exists=True)
+    create_study(sweeper.study_name, storage, None, None, [str(d) for d in directions])
     seed = sweeper.sampler.get("seed") or 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     return [
@@ -80,7 +79,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.workers < 1:
         parser.error(f"workers={args.workers}: allowed: an integer >= 1")
-    return run_workers(worker_commands(args.workers, args.overrides))
+    try:
+        commands = worker_commands(args.workers, args.overrides)
+    except UserError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return run_workers(commands)
 
 
 if __name__ == "__main__":

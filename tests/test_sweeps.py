@@ -261,3 +261,70 @@ def test_submitit_local_launcher_runs_the_slurm_preset_here(tmp_path, mnist_root
     for trial in trials:  # each ran in a submitit job of its own
         status = json.loads(Path(trial.user_attrs["run_dir"], "status.json").read_text())
         assert status["state"] == "completed" and status["pid"] != os.getpid()
+
+
+def test_a_study_refuses_other_settings_and_resumes_with_the_same(tmp_path, mnist_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = run_cli(*sweep_args(mnist_root, storage, 2, "trainer.epochs=1"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    sweeps = set((tmp_path / "multirun").glob("*/*"))
+
+    other = run_cli(*sweep_args(mnist_root, storage, 3, "trainer.epochs=2", "model.dropout=0.3"),
+                    cwd=tmp_path)
+    output = other.stdout + other.stderr
+    assert other.returncode == 1 and "Traceback" not in output
+    assert ("study course_mnist in " + storage + " holds trials run with other settings: "
+            "model.dropout=0.3 (the study's: 0.0), trainer.epochs=2 (the study's: 1); allowed: the "
+            "study's settings, to resume it, or another study for these: "
+            "hydra.sweeper.study_name=NEW_NAME") in output
+    assert len(trials_of(storage)) == 2 and set((tmp_path / "multirun").glob("*/*")) == sweeps
+
+    # More trials, another sweep folder, other threads: the same study, resumed.
+    grown = run_cli(*sweep_args(mnist_root, storage, 3, "trainer.epochs=1", "trainer.threads=1",
+                                "hydra.sweep.dir=elsewhere"), cwd=tmp_path)
+    assert grown.returncode == 0, grown.stderr
+    assert len(trials_of(storage)) == 3
+    # Other settings under another name: a study of their own.
+    renamed = run_cli(*sweep_args(mnist_root, storage, 1, "trainer.epochs=2",
+                                  "hydra.sweeper.study_name=two_epochs"), cwd=tmp_path)
+    assert renamed.returncode == 0, renamed.stderr
+    assert len(trials_of(storage, "two_epochs")) == 1
+
+
+def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_retried(
+        tmp_path, mnist_root, postgres_url):
+    name = f"heartbeat_{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=postgres_url, direction="maximize")
+    args = sweep_args(mnist_root, postgres_url, 10, "trainer.epochs=2", "dataset.train_limit=12000",
+                      f"hydra.sweeper.study_name={name}", "hydra/sweeper/pruner=none",
+                      "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    workers = {}
+    for label, seed in (("other-host", 1), ("", 2)):  # the first one runs "on another host"
+        folder = tmp_path / (label or "here")
+        folder.mkdir()
+        workers[label] = subprocess.Popen(
+            [sys.executable, "-m", "mlp_sweep.train", *args, f"hydra.sweeper.sampler.seed={seed}"],
+            cwd=folder, env={**os.environ, "MLP_SWEEP_HOST": label} if label else None,
+            stdout=subprocess.DEVNULL if label else subprocess.PIPE, stderr=subprocess.STDOUT,
+            text=True)
+    victim, deadline = None, time.time() + 240
+    while victim is None and time.time() < deadline:  # kill it in the middle of a trial
+        running = [t for t in trials_of(postgres_url, name) if t.state == TrialState.RUNNING
+                   and str(t.user_attrs.get("worker", "")).startswith("other-host:")]
+        victim = running[0] if running else None
+        time.sleep(0.05)
+    assert victim is not None
+    os.kill(workers["other-host"].pid, signal.SIGKILL)
+    workers["other-host"].wait()
+    output, _ = workers[""].communicate(timeout=300)
+    assert workers[""].returncode == 0, output
+
+    study = load_study(name, postgres_url)
+    trials = study.get_trials(deepcopy=False)
+    assert trials[victim.number].state == TrialState.FAIL
+    [retry] = [t for t in trials if victim.number in t.system_attrs.get("retry_history", ())]
+    assert retry.state == TrialState.COMPLETE and retry.params == victim.params
+    assert f"Trial {victim.number} of worker other-host:" in output and "no heartbeat" in output
+    finished = counted(study)
+    assert len(finished) == 10 and all(t.state == TrialState.COMPLETE for t in finished)
+    assert victim.number not in {t.number for t in finished}

@@ -1,0 +1,66 @@
+"""The settings a study was created with, so that a resumed study never mixes runs of others.
+
+A study's trials are only comparable when everything the search does not vary is the same: the
+epochs, the dataset, the objective, the fixed model and optimizer keys. The first sweep on a study
+records those settings in it; a later command that would add trials under other settings stops
+with one line naming the keys that differ. Searched keys (and the sub-keys of a searched group)
+and keys that only say how a run executes (progress bars, threads, device, data folder) are not
+settings; neither is anything under `hydra` (n_trials, the sweep folder, the sampler's seed), so
+growing n_trials or changing the sweep folder resumes the study.
+"""
+
+from collections.abc import Iterable
+from typing import Any
+
+import optuna
+from omegaconf import DictConfig, OmegaConf
+
+from mlp_sweep.errors import UserError
+
+SETTINGS_ATTR = "settings"
+EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "dataset.root")
+ABSENT = "(absent)"
+
+
+def study_settings(config: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
+    """The composed config as flat `key: value` pairs, less the searched and execution keys."""
+    flat: dict[str, Any] = {}
+    for key in config:
+        if key == "hydra":
+            continue
+        value = config[key]  # resolved against the whole config, as the job will see it
+        _flatten(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
+                 else value, key, flat)
+    skipped = (*searched, *EXECUTION_KEYS)
+    return {k: v for k, v in flat.items()
+            if not any(k == s or k.startswith(f"{s}.") for s in skipped)}
+
+
+def check_same_settings(study: optuna.Study, settings: dict[str, Any], storage: str | None) -> None:
+    """Record `settings` in a study that has none; raise UserError when the study holds others."""
+    stored = study.user_attrs.get(SETTINGS_ATTR)
+    if stored is None:
+        study.set_user_attr(SETTINGS_ATTR, settings)
+        return
+    differ = sorted(k for k in stored.keys() | settings.keys()
+                    if stored.get(k, ABSENT) != settings.get(k, ABSENT))
+    if not differ:
+        return
+    shown = ", ".join(f"{k}={_text(settings.get(k, ABSENT))} (the study's: "
+                      f"{_text(stored.get(k, ABSENT))})" for k in differ[:6])
+    more = f" and {len(differ) - 6} more" if len(differ) > 6 else ""
+    raise UserError(f"study {study.study_name} in {storage or 'memory'} holds trials run with "
+                    f"other settings: {shown}{more}; allowed: the study's settings, to resume it, "
+                    "or another study for these: hydra.sweeper.study_name=NEW_NAME")
+
+
+def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
+    if isinstance(value, dict) and value:
+        for key, item in value.items():
+            _flatten(item, f"{prefix}.{key}", into)
+    else:
+        into[prefix] = value
+
+
+def _text(value: Any) -> str:
+    return value if value == ABSENT else repr(value)

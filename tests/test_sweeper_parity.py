@@ -1,0 +1,180 @@
+"""hydra/sweeper=mlp_optuna as a drop-in for the stock Optuna sweeper, in a Hydra app of its own
+(tests/sweeper_app/sphere.py): the stock sweeper's scenarios, pruning through `report`, values
+Optuna cannot record, and bad sweeper input."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+import yaml
+from omegaconf import OmegaConf
+from optuna.trial import TrialState
+
+pytestmark = pytest.mark.slow
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+APP = Path(__file__).resolve().parent / "sweeper_app" / "sphere.py"
+
+
+def sphere(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python sphere.py --multirun OVERRIDES` in tmp_path, its sweep folder tmp_path/sweep."""
+    return subprocess.run([sys.executable, str(APP), "--multirun", f"hydra.sweep.dir={tmp_path}/sweep",
+                           *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def storage_of(tmp_path: Path) -> str:
+    return f"sqlite:///{tmp_path}/sphere.db"
+
+
+def study_of(tmp_path: Path, name: str = "sphere") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_of(tmp_path))
+
+
+def results(tmp_path: Path) -> dict:
+    return OmegaConf.to_container(OmegaConf.load(tmp_path / "sweep" / "optimization_results.yaml"))
+
+
+@pytest.mark.parametrize("fixed_y", [False, True])
+def test_sphere_with_tpe_and_a_storage(tmp_path, fixed_y):
+    extra = ["x=choice(0,1,2)", "y=0"] if fixed_y else []
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
+                    "hydra/sweeper/sampler=tpe", "hydra.sweeper.sampler.seed=123", *extra)
+    assert result.returncode == 0, result.stderr
+    best, study = results(tmp_path), study_of(tmp_path)
+    assert best["best_params"] == study.best_trial.params and best["best_value"] == study.best_value
+    assert ("y" in best["best_params"]) is not fixed_y
+    assert len(study.trials) == 20 and best["best_value"] <= 2.27
+
+
+@pytest.mark.parametrize("n_trials", [10, 3])
+def test_grid_sampler_is_built_once_the_space_is_known(tmp_path, n_trials):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
+                    "hydra/sweeper/sampler=grid", f"hydra.sweeper.n_trials={n_trials}",
+                    "x=choice(-1,1)", "y=choice(-1,0)", "z=choice(foo,bar)")
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path).trials
+    points = {(t.params["x"], t.params["y"], t.params["z"]) for t in trials}
+    assert len(trials) == len(points) == min(n_trials, 8)  # the grid has 2 x 2 x 2 points
+    assert all(t.state == TrialState.COMPLETE for t in trials)
+    if n_trials >= 8:
+        assert results(tmp_path)["best_value"] == 1
+
+
+def dominates(a: list[float], b: list[float]) -> bool:
+    return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+
+@pytest.mark.parametrize("sampler", ["nsgaii", "random"])
+def test_two_objectives_give_the_pareto_front(tmp_path, sampler):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "objectives=2",
+                    "hydra.sweeper.direction=[minimize,minimize]", f"hydra/sweeper/sampler={sampler}",
+                    "hydra.sweeper.n_trials=12")
+    assert result.returncode == 0, result.stderr
+    study = study_of(tmp_path)
+    assert all(t.state == TrialState.COMPLETE for t in study.trials) and len(study.trials) == 12
+    front = results(tmp_path)["solutions"]
+    assert sorted(s["values"] for s in front) == sorted(t.values for t in study.best_trials)
+    for a in front:
+        assert not any(dominates(b["values"], a["values"]) for b in front)
+    best = yaml.safe_load((tmp_path / "sweep" / "best.yaml").read_text())
+    assert best["directions"] == ["minimize", "minimize"]
+    assert sorted(t["trial"] for t in best["pareto_front"]) == sorted(t.number for t in study.best_trials)
+
+
+def test_custom_search_space(tmp_path):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
+                    "hydra.sweeper.custom_search_space=sphere.z_near_x", "hydra/sweeper/sampler=random")
+    assert result.returncode == 0, result.stderr
+    for trial in study_of(tmp_path).trials:
+        assert abs(trial.params["x"] - trial.params["z"]) <= 0.3 and 0 <= trial.params["+w"] <= 1
+
+
+@pytest.mark.parametrize("max_failure_rate", [0.5, 1.0])
+def test_failure_rate(tmp_path, max_failure_rate):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "error=true",
+                    f"hydra.sweeper.max_failure_rate={max_failure_rate}", "hydra.sweeper.n_trials=6")
+    trials = study_of(tmp_path).trials
+    assert all(t.state == TrialState.FAIL for t in trials)
+    assert all(t.user_attrs["fail_reason"] == "RuntimeError: cfg.error is True" for t in trials)
+    if max_failure_rate < 1:
+        assert result.returncode != 0 and "RuntimeError: cfg.error is True" in result.stderr
+        assert len(trials) == 4  # 4 > 0.5 x 6: the sweep stops there
+    else:
+        assert result.returncode == 0 and len(trials) == 6
+
+
+def test_nan_and_the_wrong_number_of_values_are_failed_trials(tmp_path):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "nan_above=0",
+                    "hydra.sweeper.max_failure_rate=1.0", "hydra/sweeper/sampler=random")
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path).trials
+    nan = [t for t in trials if t.params["x"] > 0]
+    assert nan and all(t.state == TrialState.FAIL for t in nan)
+    assert all("the task returned NaN" in t.user_attrs["fail_reason"] for t in nan)
+    assert all(t.state == TrialState.COMPLETE for t in trials if t not in nan)
+
+    pair = sphere(tmp_path, f"hydra.sweeper.storage=sqlite:///{tmp_path}/pair.db", "objectives=2",
+                  "hydra.sweeper.max_failure_rate=1.0", "hydra.sweeper.n_trials=3")
+    assert pair.returncode == 0, pair.stderr
+    trials = optuna.load_study(study_name="sphere", storage=f"sqlite:///{tmp_path}/pair.db").trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    assert "returned 2 value(s) for 1 direction(s)" in trials[0].user_attrs["fail_reason"]
+
+
+def test_a_task_outside_the_project_is_pruned_through_report(tmp_path):
+    result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "steps=5",
+                    "hydra/sweeper/pruner=median", "hydra.sweeper.pruner.n_startup_trials=2",
+                    "hydra.sweeper.pruner.n_warmup_steps=0", "hydra/sweeper/sampler=random")
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path).trials
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert pruned and all(len(t.intermediate_values) < 5 for t in pruned)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    assert all(len(t.intermediate_values) == 5 for t in complete)
+
+
+def test_the_readme_app_is_swept_and_pruned_as_its_first_line_says(tmp_path):
+    app = APP.with_name("my_app.py")
+    command = app.read_text().splitlines()[:2]  # the command in its header comment
+    assert "python my_app.py --multirun hydra/sweeper=mlp_optuna" in command[0]
+    result = subprocess.run(
+        [sys.executable, str(app), "--multirun", "hydra/sweeper=mlp_optuna",
+         "hydra/sweeper/pruner=median", "hydra.sweeper.storage=sqlite:///my.db", "+x=interval(-5,5)"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name=None, storage=f"sqlite:///{tmp_path}/my.db")
+    states = [t.state for t in study.trials]
+    assert len(states) == 20 and TrialState.PRUNED in states
+    assert abs(study.best_params["+x"] - 2) < 1.5
+
+
+@pytest.mark.parametrize("overrides, message", [
+    (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/nothing"],
+     "hydra.sweeper.storage='postgresql://nobody@127.0.0.1:1/nothing' cannot be opened"),
+    (["hydra.sweeper.storage=journal:/proc/no/such/place.journal"],
+     "hydra.sweeper.storage='journal:/proc/no/such/place.journal': cannot create the folder"),
+    (["hydra.sweeper.storage=redis://localhost/0"],
+     "hydra.sweeper.storage='redis://localhost/0' is not a supported storage; allowed: sqlite:///PATH"),
+    (["hydra.sweeper.n_trials=0"], "hydra.sweeper.n_trials=0 is not allowed; allowed: an integer >= 1"),
+    (["hydra.sweeper.max_failure_rate=1.5"],
+     "hydra.sweeper.max_failure_rate=1.5 is not allowed; allowed: a number from 0 to 1"),
+    (["hydra.sweeper.max_failure_rate=-0.1"], "hydra.sweeper.max_failure_rate=-0.1 is not allowed"),
+    (["hydra.sweeper.timeout=0"], "hydra.sweeper.timeout=0 is not allowed"),
+    (["hydra/sweeper/pruner=median", "hydra.sweeper.pruner._target_=os.system"],
+     "hydra.sweeper.pruner._target_='os.system' is not allowed; allowed: an optuna.pruners class"),
+    (["hydra.sweeper.sampler._target_=os.system"],
+     "hydra.sweeper.sampler._target_='os.system' is not allowed"),
+    (["hydra.sweeper.params.x='interval(1)'"],
+     "hydra.sweeper.params: 'x=interval(1)' cannot be read"),
+    (["hydra/sweeper/sampler=annealing"], "Could not find 'hydra/sweeper/sampler/annealing'"),
+    (["hydra/sweeper/pruner=patient"], "Could not find 'hydra/sweeper/pruner/patient'"),
+])
+def test_bad_sweeper_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
+    result = sphere(tmp_path, *overrides)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    assert message in output and "Traceback" not in output
+    assert not (tmp_path / "sweep").exists()
+    assert not list(tmp_path.glob("*.db")) and not list(tmp_path.glob("*.journal"))
