@@ -71,6 +71,8 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
         try:
             self._sweep(arguments)
         except UserError as error:  # bad input: one line, nothing half-made
+            with contextlib.suppress(OSError):  # the sweep folder, if made and still empty
+                os.rmdir(str(self.config.hydra.sweep.dir))
             refuse(error)
 
     def _sweep(self, arguments: list[str]) -> None:
@@ -138,6 +140,8 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
 
     def _ask(self, study: optuna.Study, sweep_dir: Path) -> optuna.Trial | None:
         trial = study.ask()
+        if self.heartbeat is not None:  # from its first moment, so a worker killed now is found
+            study._storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr("worker", WORKER)
         trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
         # Another worker may have asked for the last trial at the same moment: the trial numbers

@@ -310,7 +310,8 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
     victim, deadline = None, time.time() + 240
     while victim is None and time.time() < deadline:  # kill it in the middle of a trial
         running = [t for t in trials_of(postgres_url, name) if t.state == TrialState.RUNNING
-                   and str(t.user_attrs.get("worker", "")).startswith("other-host:")]
+                   and str(t.user_attrs.get("worker", "")).startswith("other-host:")
+                   and t.intermediate_values]  # training: its first epoch is reported
         victim = running[0] if running else None
         time.sleep(0.05)
     assert victim is not None
