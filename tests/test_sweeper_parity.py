@@ -48,6 +48,21 @@ def test_sphere_with_tpe_and_a_storage(tmp_path, fixed_y):
     assert len(study.trials) == 20 and best["best_value"] <= 2.27
 
 
+@pytest.mark.parametrize("storage", [True, False])
+@pytest.mark.parametrize("sampler", ["tpe", "random", "cmaes", "nsgaii", "nsgaiii", "qmc", "gp", "grid"])
+def test_every_stock_sampler_runs_with_and_without_a_storage(tmp_path, sampler, storage):
+    result = sphere(tmp_path, f"hydra/sweeper/sampler={sampler}", "hydra.sweeper.n_trials=3",
+                    f"hydra.sweeper.storage={storage_of(tmp_path) if storage else 'null'}")
+    assert result.returncode == 0, result.stderr
+    best = results(tmp_path)
+    assert set(best["best_params"]) == {"x", "y"}
+    assert best["best_value"] == best["best_params"]["x"] ** 2 + best["best_params"]["y"] ** 2
+    if storage:
+        trials = study_of(tmp_path).trials
+        assert [t.state for t in trials] == [TrialState.COMPLETE] * 3
+        assert best["best_value"] == min(t.value for t in trials)
+
+
 @pytest.mark.parametrize("n_trials", [10, 3])
 def test_grid_sampler_is_built_once_the_space_is_known(tmp_path, n_trials):
     result = sphere(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
