@@ -141,15 +141,21 @@ def test_package_index_pickle_may_only_build_numpy_arrays():
         mnist_package_index._NumpyArraysOnly(__import__("io").BytesIO(pickle.dumps(Boom()))).load()
 
 
-def test_fashion_mnist_loads_through_torchvision_from_idx_files(tmp_path, fresh_memory):
-    raw = tmp_path / "FashionMNIST" / "raw"
+def write_fashion_mnist(root, n_train: int, n_test: int) -> np.ndarray:
+    """Small Fashion-MNIST IDX files under root, labels 0..9 in turn; returns the training images
+    (the test images are their first n_test)."""
+    raw = root / "FashionMNIST" / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    train = rng.integers(0, 256, (30, 28, 28), dtype=np.uint8)
+    train = np.random.default_rng(0).integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
     write_idx(raw / "train-images-idx3-ubyte", train)
-    write_idx(raw / "train-labels-idx1-ubyte", np.arange(30, dtype=np.uint8) % 10)
-    write_idx(raw / "t10k-images-idx3-ubyte", train[:12])
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(12, dtype=np.uint8) % 10)
+    write_idx(raw / "train-labels-idx1-ubyte", np.arange(n_train, dtype=np.uint8) % 10)
+    write_idx(raw / "t10k-images-idx3-ubyte", train[:n_test])
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(n_test, dtype=np.uint8) % 10)
+    return train
+
+
+def test_fashion_mnist_loads_through_torchvision_from_idx_files(tmp_path, fresh_memory):
+    train = write_fashion_mnist(tmp_path, 30, 12)
 
     cfg = compose_config("dataset=fashion_mnist", f"dataset.root={tmp_path}").dataset
     splits = data.load_splits(cfg)

@@ -13,11 +13,10 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.idx import write_idx
 from mlp_sweep.storage import load_study
 
 from conftest import run_cli
-from test_data import write_cifar10
+from test_data import write_cifar10, write_fashion_mnist
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -154,14 +153,7 @@ def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_
 
 
 def test_fashion_mnist_search_runs_the_preset_on_files_in_the_real_format(tmp_path):
-    raw = tmp_path / "data" / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, (300, 28, 28), dtype=np.uint8)
-    write_idx(raw / "train-images-idx3-ubyte", images)
-    write_idx(raw / "train-labels-idx1-ubyte", np.arange(300, dtype=np.uint8) % 10)
-    write_idx(raw / "t10k-images-idx3-ubyte", images[:100])
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(100, dtype=np.uint8) % 10)
+    write_fashion_mnist(tmp_path / "data", 300, 100)
     storage = f"sqlite:///{tmp_path}/optuna.db"
     result = run_cli("--multirun", "hparams_search=optuna", "dataset=fashion_mnist",
                      "dataset.root=data", "dataset.val_size=100", f"hydra.sweeper.storage={storage}",

@@ -329,3 +329,9 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
     finished = counted(study)
     assert len(finished) == 10 and all(t.state == TrialState.COMPLETE for t in finished)
     assert victim.number not in {t.number for t in finished}
+    # compare keeps the retry history: the killed trial's row says which trial ran it again.
+    shown = subprocess.run([sys.executable, "-m", "mlp_sweep.compare", "--no-group",
+                            str(tmp_path / "other-host" / "multirun"), str(tmp_path / "here" / "multirun")],
+                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0, shown.stderr
+    assert f"its worker stopped sending heartbeats; run again as trial {retry.number}" in shown.stdout
