@@ -32,7 +32,6 @@ import torch
 from optuna.trial import TrialState
 
 from mlp_sweep.refit import refit
-from mlp_sweep.storage import load_study
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train"]
 SEEDS = 3
@@ -93,8 +92,8 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
                     f"hydra.sweep.dir={out / name}", "trainer.progress=false", *extra],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.time() - started
-    study_name = "course_mnist" if preset == "optuna_course" else "mlp_mnist"
-    trials = load_study(study_name, storage).get_trials(deepcopy=False)
+    # The search's own database holds its one study, whatever the preset names it.
+    trials = optuna.load_study(study_name=None, storage=storage).get_trials(deepcopy=False)
     states = [t.state for t in trials]
     result = {"wall_s": wall, "trials": {
         "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),

@@ -61,7 +61,8 @@ def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
         OmegaConf.update(cfg, "trainer.progress", False)
         log.info(f"refit of {trial_dir}, seed {seed}: {cfg.trainer.epochs} epochs on training + "
                  "validation images")
-        run_dir = _fresh(out_dir / f"seed_{seed}")
+        run_dir = out_dir / f"seed_{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
         accuracies.append(train(cfg, run_dir=run_dir))
     return {
@@ -74,11 +75,6 @@ def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
         "test_accuracy_mean": statistics.fmean(accuracies),
         "test_accuracy_std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
     }
-
-
-def _fresh(folder: Path) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def main(argv: list[str] | None = None) -> int:
