@@ -74,9 +74,9 @@ def seed_pipeline(root: Path, epochs: int) -> dict:
 
 def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64) -> dict:
     """mlp_sweep's own path: cached whole tensors, sliced batches, the optimizer from conf/."""
-    from mlp_sweep.data import load_splits
-    from mlp_sweep.engine import evaluate, train_epoch
-    from mlp_sweep.model import MLP
+    from mlp_sweep.training.data import load_splits
+    from mlp_sweep.training.engine import evaluate, train_epoch
+    from mlp_sweep.training.model import MLP
     from omegaconf import OmegaConf
 
     conf = Path(__file__).resolve().parents[1] / "conf"

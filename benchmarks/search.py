@@ -31,7 +31,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from mlp_sweep.refit import refit
+from mlp_sweep.analysis.refit import refit
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train"]
 SEEDS = 3
@@ -41,10 +41,10 @@ def augment_cost(data: Path) -> dict:
     """Seconds per training epoch at batch 128 with each augmentation, in this process."""
     from omegaconf import OmegaConf
 
-    from mlp_sweep.augment import build_augment
-    from mlp_sweep.data import load_splits
-    from mlp_sweep.engine import train_epoch
-    from mlp_sweep.model import MLP
+    from mlp_sweep.training.augment import build_augment
+    from mlp_sweep.training.data import load_splits
+    from mlp_sweep.training.engine import train_epoch
+    from mlp_sweep.training.model import MLP
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     dataset = OmegaConf.load(conf / "dataset" / "mnist.yaml")

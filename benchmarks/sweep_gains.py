@@ -21,7 +21,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
-from mlp_sweep.storage import load_study
+from mlp_sweep.sweeping.storage import load_study
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train", "--multirun"]
 

@@ -8,28 +8,24 @@
 import logging
 import sys
 from pathlib import Path
-from typing import NamedTuple
 
 import hydra
 import optuna
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from mlp_sweep import run_dirs
-from mlp_sweep.augment import build_augment
-from mlp_sweep.config import (ALLOWED_ACTIVATIONS, ALLOWED_LOSSES, ALLOWED_OPTIMIZERS, validate,
-                              with_canonical_names)
-from mlp_sweep.data import Split, Splits, load_splits
-from mlp_sweep.devices import cpu_threads, resolve_device
-from mlp_sweep.engine import EpochMetrics, best_epoch, fit
 from mlp_sweep.errors import UserError
-from mlp_sweep.model import MLP, hidden_sizes, parameter_count
-from mlp_sweep.run_record import RunRecord
-from mlp_sweep.schedules import Schedule, build_scheduler
-from mlp_sweep.trial_link import TrialLink
+from mlp_sweep.sweeping.trial_link import TrialLink
+from mlp_sweep.training import run_dirs
+from mlp_sweep.training.build import build_training
+from mlp_sweep.training.config import validate
+from mlp_sweep.training.data import Split, Splits, load_splits
+from mlp_sweep.training.devices import cpu_threads, resolve_device
+from mlp_sweep.training.engine import EpochMetrics, best_epoch, fit
+from mlp_sweep.training.model import parameter_count
+from mlp_sweep.training.run_record import RunRecord
 
 log = logging.getLogger(__name__)
 
@@ -107,30 +103,6 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
     return float(getattr(kept, cfg.objective))
 
 
-class Training(NamedTuple):
-    model: MLP
-    optimizer: torch.optim.Optimizer
-    loss_fn: torch.nn.Module
-    augment: torch.nn.Module | None
-    schedule: Schedule | None
-
-
-def build_training(cfg: DictConfig, train_size: int,
-                   device: torch.device = torch.device("cpu")) -> Training:
-    """The model (on `device`), optimizer, loss, augmentation and schedule `cfg` describes, for
-    a training split of `train_size` images (the schedule's length depends on it)."""
-    activation = instantiate(cfg.activation, _partial_=True,
-                             _execution_whitelist_=with_canonical_names(ALLOWED_ACTIVATIONS))
-    model = MLP(cfg.dataset.input_shape, hidden_sizes(cfg.model), cfg.dataset.num_classes,
-                activation, cfg.model.dropout, cfg.model.get("norm", "none")).to(device)
-    optimizer = instantiate(cfg.optimizer, _partial_=True,
-                            _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
-    loss_fn = instantiate(cfg.loss, _execution_whitelist_=with_canonical_names(ALLOWED_LOSSES))
-    steps_per_epoch = -(-train_size // cfg.trainer.batch_size)
-    schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
-    return Training(model, optimizer, loss_fn, build_augment(cfg.augment), schedule)
-
-
 def _on_device(splits: Splits, device: torch.device) -> Splits:
     def move(split: Split | None) -> Split | None:
         return split and Split(split.inputs.to(device), split.labels.to(device))
@@ -160,7 +132,7 @@ def _metrics_summary(cfg: DictConfig, model, device: torch.device,
 run_dirs.register()
 
 
-@hydra.main(config_path="../conf", config_name="train")
+@hydra.main(config_path="pkg://mlp_sweep.conf", config_name="train")
 def main(cfg: DictConfig) -> float | optuna.TrialPruned:
     try:
         return train(cfg)

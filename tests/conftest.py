@@ -5,12 +5,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
-from mlp_sweep.data import load_splits
+from mlp_sweep.training.data import load_splits
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the configs as a checkout holds them
 
 # Small real subsets keep an end-to-end run to a few seconds.
 QUICK = ["trainer.epochs=1", "trainer.progress=false",
@@ -19,7 +19,7 @@ QUICK = ["trainer.epochs=1", "trainer.progress=false",
 
 def compose_config(*overrides: str) -> DictConfig:
     """The project's config, composed as `python -m mlp_sweep.train OVERRIDES` would."""
-    with initialize_config_dir(config_dir=str(CONF_DIR)):
+    with initialize_config_module(config_module="mlp_sweep.conf"):
         return compose(config_name="train", overrides=list(overrides))
 
 

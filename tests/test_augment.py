@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlp_sweep.augment import RandomAffine, RandomFlipCrop, RandomShift, build_augment
+from mlp_sweep.training.augment import RandomAffine, RandomFlipCrop, RandomShift, build_augment
 
 from conftest import compose_config
 

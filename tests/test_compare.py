@@ -19,9 +19,9 @@ import pytest
 import yaml
 
 from conftest import run_cli
-from mlp_sweep import compare as compare_module
-from mlp_sweep.runs import find_runs
-from mlp_sweep.study import read_studies
+from mlp_sweep.analysis import compare as compare_module
+from mlp_sweep.analysis.runs import find_runs
+from mlp_sweep.analysis.study import read_studies
 
 slow = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -248,7 +248,7 @@ def write_optuna_sweep(root: Path, n_trials: int = 16, storage: str | None = "sq
         trial.set_user_attr("run_dir", str(sweep / str(number)))
         failed = failed_after is not None and number >= failed_after
         # hydra.yaml keeps the preset's interpolation as written: "fa" + dataset.name is "fake".
-        sweeper = {"_target_": "mlp_sweep.sweeper_plugin.ResumableOptunaSweeper",
+        sweeper = {"_target_": "mlp_sweep.sweeping.sweeper_plugin.ResumableOptunaSweeper",
                    "study_name": "fa${dataset.name}",
                    "storage": url if storage == "sqlite" else storage}
         write_run(sweep / str(number), optimizer, config, value, sweeper=sweeper,
@@ -332,7 +332,7 @@ def test_importance_and_parallel_coordinate_figures_are_pngs_in_the_html(tmp_pat
 
 
 def test_parallel_coordinates_put_each_trial_on_unit_axes(tmp_path):
-    from mlp_sweep.report import parallel_coordinates_figure
+    from mlp_sweep.analysis.report import parallel_coordinates_figure
 
     [study] = read_studies(find_runs([str(write_optuna_sweep(tmp_path))]))
     figure = parallel_coordinates_figure(study, "val_accuracy")
@@ -374,7 +374,7 @@ def test_keys_only_some_runs_have_are_columns_not_shared_values(tmp_path, capsys
 
 
 def test_one_epoch_learning_curves_have_whole_epoch_ticks(tmp_path):
-    from mlp_sweep.report import learning_curves_figure
+    from mlp_sweep.analysis.report import learning_curves_figure
 
     config = {"optimizer": OPTIMIZERS["adam"], "trainer": {"seed": 0, "epochs": 1}}
     run = write_run(tmp_path / "run", "adam", config, 0.9, epochs=1)

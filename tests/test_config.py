@@ -1,7 +1,7 @@
 import pytest
 
-from mlp_sweep.config import validate
-from mlp_sweep.devices import resolve_device
+from mlp_sweep.training.config import validate
+from mlp_sweep.training.devices import resolve_device
 from mlp_sweep.errors import ConfigError
 
 from conftest import compose_config
@@ -82,7 +82,7 @@ def test_bad_schedule_and_augment_values_are_refused(overrides, message):
 
 
 def test_search_shape_replaces_hidden_sizes():
-    from mlp_sweep.model import hidden_sizes
+    from mlp_sweep.training.model import hidden_sizes
 
     assert hidden_sizes(compose_config().model) == [128, 64]
     assert hidden_sizes(compose_config("model.depth=3", "model.width=256").model) == [256] * 3

@@ -8,9 +8,9 @@ import pytest
 import torch
 from torchvision import datasets, transforms
 
-from mlp_sweep import data, mnist_package_index
+from mlp_sweep.training import data, mnist_package_index
 from mlp_sweep.errors import DataError
-from mlp_sweep.idx import check_idx, md5_of, write_idx
+from mlp_sweep.training.idx import check_idx, md5_of, write_idx
 
 from conftest import compose_config
 
@@ -61,7 +61,7 @@ def test_tensors_equal_torchvisions_totensor_and_normalize(mnist_root):
 
 def test_second_load_reads_the_prepared_cache(mnist_root, fresh_memory, caplog):
     assert (mnist_root / "prepared" / f"mnist-v{data.CACHE_VERSION}.pt").is_file()
-    with caplog.at_level(logging.INFO, logger="mlp_sweep.data"):
+    with caplog.at_level(logging.INFO, logger="mlp_sweep.training.data"):
         splits = data.load_splits(dataset_cfg(mnist_root))
     assert "tensors from cache" in caplog.text
     assert len(splits.train) == 60000

@@ -8,9 +8,9 @@ from torch import nn
 from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
-from mlp_sweep.data import Split, Splits, load_splits
-from mlp_sweep.engine import DivergedError, EpochMetrics, best_epoch, evaluate, fit, train_epoch
-from mlp_sweep.model import MLP
+from mlp_sweep.training.data import Split, Splits, load_splits
+from mlp_sweep.training.engine import DivergedError, EpochMetrics, best_epoch, evaluate, fit, train_epoch
+from mlp_sweep.training.model import MLP
 
 from conftest import compose_config
 

@@ -3,8 +3,8 @@ import torch
 from hydra.utils import instantiate
 from torch import nn
 
-from mlp_sweep.config import ALLOWED_ACTIVATIONS, with_canonical_names
-from mlp_sweep.model import MLP, parameter_count
+from mlp_sweep.training.config import ALLOWED_ACTIVATIONS, with_canonical_names
+from mlp_sweep.training.model import MLP, parameter_count
 
 from conftest import CONF_DIR, compose_config
 
@@ -68,7 +68,7 @@ def test_norm_follows_each_hidden_linear(norm, layer):
 
 
 def test_depth_and_width_build_equal_hidden_layers():
-    from mlp_sweep.model import hidden_sizes
+    from mlp_sweep.training.model import hidden_sizes
 
     cfg = compose_config("model.depth=3", "model.width=100", "model.norm=layer")
     model = MLP((1, 28, 28), hidden_sizes(cfg.model), 10, norm=cfg.model.norm)

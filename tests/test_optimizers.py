@@ -3,8 +3,8 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 
-from mlp_sweep.config import ALLOWED_OPTIMIZERS, with_canonical_names
-from mlp_sweep.model import MLP
+from mlp_sweep.training.config import ALLOWED_OPTIMIZERS, with_canonical_names
+from mlp_sweep.training.model import MLP
 
 from conftest import CONF_DIR, compose_config
 

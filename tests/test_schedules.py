@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from mlp_sweep.schedules import build_scheduler
+from mlp_sweep.training.schedules import build_scheduler
 
 from conftest import compose_config
 

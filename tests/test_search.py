@@ -13,7 +13,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.storage import load_study
+from mlp_sweep.sweeping.storage import load_study
 
 from conftest import run_cli
 from test_data import write_cifar10, write_fashion_mnist

@@ -18,9 +18,9 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.optuna_sweep import counted
-from mlp_sweep.search_space import optimizer_specific
-from mlp_sweep.storage import load_study
+from mlp_sweep.sweeping.optuna_sweep import counted
+from mlp_sweep.sweeping.search_space import optimizer_specific
+from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.train import train
 
 from conftest import compose_config, run_cli

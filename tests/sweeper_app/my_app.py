@@ -1,7 +1,7 @@
 # my_app.py -- python my_app.py --multirun hydra/sweeper=mlp_optuna hydra/sweeper/pruner=median \
 #     hydra.sweeper.storage=sqlite:///my.db '+x=interval(-5,5)'
 import hydra
-from mlp_sweep.trial_link import report
+from mlp_sweep.sweeping.trial_link import report
 
 @hydra.main(config_path=None, config_name=None)
 def task(cfg) -> float:

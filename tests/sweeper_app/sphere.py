@@ -11,7 +11,7 @@ import hydra
 import optuna
 from omegaconf import DictConfig
 
-from mlp_sweep.trial_link import report
+from mlp_sweep.sweeping.trial_link import report
 
 
 @hydra.main(config_path="conf", config_name="sphere")

@@ -13,7 +13,7 @@ from omegaconf import DictConfig
 from torch import nn
 from torch.nn import functional as F
 
-from mlp_sweep.config import ALLOWED_AUGMENTS, with_canonical_names
+from mlp_sweep.training.config import ALLOWED_AUGMENTS, with_canonical_names
 
 
 def build_augment(cfg: DictConfig) -> nn.Module | None:

@@ -14,7 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.run_record import METRICS_FILE, STATUS_FILE
+from mlp_sweep.training.run_record import METRICS_FILE, STATUS_FILE
 
 # Keys that say how a run was executed rather than what was trained.
 NOT_COMPARED = {"trainer.progress"}

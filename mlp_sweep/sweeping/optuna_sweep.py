@@ -4,7 +4,7 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 - resume: `n_trials` is the study's total; a re-run asks only for the missing trials, and trials
   left RUNNING by a killed sweep on this host are marked FAIL (`interrupted`) and run again;
 - job folders named by trial number, so a resumed sweep never reuses a folder (hydra#3328);
-- pruning: each job gets its trial's id, reports the objective per epoch (mlp_sweep.trial_link)
+- pruning: each job gets its trial's id, reports the objective per epoch (mlp_sweep.sweeping.trial_link)
   stops it when the pruner says so; the job returns TrialPruned and the trial is recorded PRUNED;
 - failures: a job that raises is recorded FAIL with the reason in the trial's user attributes,
   and the sweep goes on until failures exceed `max_failure_rate` of `n_trials`;
@@ -38,10 +38,10 @@ from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.runs import load_yaml, reproduce_command
-from mlp_sweep.storage import Heartbeat, create_study
-from mlp_sweep.study_settings import check_same_settings, study_settings
-from mlp_sweep.trial_link import TRIAL_ID_VARIABLE
+from mlp_sweep.analysis.runs import load_yaml, reproduce_command
+from mlp_sweep.sweeping.storage import Heartbeat, create_study
+from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
+from mlp_sweep.sweeping.trial_link import TRIAL_ID_VARIABLE
 
 log = logging.getLogger(__name__)
 

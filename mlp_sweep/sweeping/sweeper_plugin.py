@@ -1,4 +1,4 @@
-"""The Hydra sweeper plugin `hydra/sweeper=mlp_optuna` (its logic: mlp_sweep.optuna_sweep).
+"""The Hydra sweeper plugin `hydra/sweeper=mlp_optuna` (its logic: mlp_sweep.sweeping.optuna_sweep).
 
 Hydra finds it through the `hydra.plugins` entry point in pyproject.toml, which also imports this
 module and so registers the configs below: the sweeper and its pruners, as the stock plugin
@@ -21,7 +21,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
     def __init__(self, pruner: Any = None, custom_search_space: str | None = None,
                  timeout: Any = None, heartbeat_interval: Any = None, grace_period: Any = None,
                  max_retry: Any = 3, **stock: Any) -> None:
-        from mlp_sweep.optuna_sweep import ResumableOptunaSweep, check_settings
+        from mlp_sweep.sweeping.optuna_sweep import ResumableOptunaSweep, check_settings
 
         # Before the stock code asserts on them, or Optuna raises: one line for a bad value.
         heartbeat = check_settings(stock, pruner, timeout, heartbeat_interval, grace_period,
@@ -36,7 +36,7 @@ class ResumableOptunaSweeper(OptunaSweeper):
 
 @dataclass
 class ResumableOptunaSweeperConf(OptunaSweeperConf):
-    _target_: str = "mlp_sweep.sweeper_plugin.ResumableOptunaSweeper"
+    _target_: str = "mlp_sweep.sweeping.sweeper_plugin.ResumableOptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # from the hydra/sweeper/pruner group below
     # Seconds after which no new trial starts (running trials finish), counted from this

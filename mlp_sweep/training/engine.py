@@ -9,8 +9,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from mlp_sweep.data import Split, Splits
-from mlp_sweep.schedules import Schedule
+from mlp_sweep.training.data import Split, Splits
+from mlp_sweep.training.schedules import Schedule
 
 
 class DivergedError(RuntimeError):

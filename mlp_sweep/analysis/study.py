@@ -10,8 +10,8 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlp_sweep.refit import REFIT_FILE
-from mlp_sweep.runs import Run, load_yaml
+from mlp_sweep.analysis.refit import REFIT_FILE
+from mlp_sweep.analysis.runs import Run, load_yaml
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -177,7 +177,7 @@ def _load_refit(path: Path) -> dict | None:
 
 def _load_study(name: str | None, storage: str) -> tuple[object, str | None]:
     """(the study, None), or (None, why) when it cannot be loaded."""
-    from mlp_sweep.storage import load_study  # imports optuna: only for sweeps that kept a study
+    from mlp_sweep.sweeping.storage import load_study  # imports optuna: only for sweeps that kept a study
 
     try:
         return load_study(name, storage), None

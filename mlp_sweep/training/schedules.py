@@ -14,7 +14,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
-from mlp_sweep.config import ALLOWED_SCHEDULERS, with_canonical_names
+from mlp_sweep.training.config import ALLOWED_SCHEDULERS, with_canonical_names
 
 
 @dataclass

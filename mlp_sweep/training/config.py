@@ -33,13 +33,13 @@ ALLOWED_OPTIMIZERS = tuple(
 
 # Schedules with a plain `step()` (ReduceLROnPlateau needs a metric, LambdaLR a function).
 ALLOWED_SCHEDULERS = (
-    "mlp_sweep.schedules.warmup_cosine",
+    "mlp_sweep.training.schedules.warmup_cosine",
     *(f"torch.optim.lr_scheduler.{name}" for name in (
         "OneCycleLR", "StepLR", "MultiStepLR", "ExponentialLR", "CosineAnnealingLR",
         "CosineAnnealingWarmRestarts", "LinearLR", "ConstantLR", "PolynomialLR", "CyclicLR",
     )),
 )
-ALLOWED_AUGMENTS = tuple(f"mlp_sweep.augment.{name}"
+ALLOWED_AUGMENTS = tuple(f"mlp_sweep.training.augment.{name}"
                          for name in ("RandomShift", "RandomAffine", "RandomFlipCrop"))
 ALLOWED_LOSSES = ("torch.nn.CrossEntropyLoss",)
 NORMS = ("none", "batch", "layer")

@@ -3,7 +3,7 @@
 `report(value, step)` is the same for any Hydra app's task function (README: "Use the sweeper in
 your own Hydra app").
 
-The sweeper (mlp_sweep.optuna_sweep) passes the trial's id to the job in the environment; the
+The sweeper (mlp_sweep.sweeping.optuna_sweep) passes the trial's id to the job in the environment; the
 study's name, storage and pruner come from the job's own Hydra config (`hydra.sweeper`), which is
 the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_environment()` is None.
 """
@@ -15,7 +15,7 @@ import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
 
-from mlp_sweep.storage import load_study
+from mlp_sweep.sweeping.storage import load_study
 
 log = logging.getLogger(__name__)
 

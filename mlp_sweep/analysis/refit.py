@@ -1,0 +1,103 @@
+"""Refit a sweep's best trial on all its training data and measure it on the test set.
+
+    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00 [--seeds 3]
+
+The search chose the trial on validation accuracy; that trial's model never saw the validation
+images. The refit trains the same config again on training + validation images (nothing held
+out), for the same `trainer.epochs`, once per seed, and reports the test accuracy as mean ± std.
+Each seed's run goes to SWEEP_DIR/refit/seed_N/; the summary to SWEEP_DIR/refit.json.
+"""
+
+import argparse
+import json
+import logging
+import statistics
+import sys
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.training.run_record import write_json
+from mlp_sweep.analysis.runs import find_runs, load_yaml
+
+log = logging.getLogger(__name__)
+
+REFIT_FILE = "refit.json"
+
+
+def best_trial_dir(sweep_dir: Path) -> Path:
+    """The folder of the sweep's best completed trial: the one best.yaml names (the study's best,
+    across resumed sweeps), else the best completed run in the folder by its objective."""
+    best = load_yaml(sweep_dir / "best.yaml")
+    if best.get("run_dir") and Path(best["run_dir"], ".hydra", "config.yaml").is_file():
+        return Path(best["run_dir"])
+    completed = [r for r in find_runs([str(sweep_dir)]) if r.state == "completed" and r.metrics]
+    if not completed:
+        raise UserError(f"{sweep_dir} holds no completed trial to refit; allowed: a sweep folder "
+                        "with at least one completed run")
+    return max(completed, key=lambda r: r.metrics[r.metrics["objective"]]).folder
+
+
+def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
+    """Train `trial_dir`'s config on train + validation with seeds 0..seeds-1; the summary."""
+    from mlp_sweep.train import train  # imports torch: after the arguments are checked
+
+    trial_cfg = OmegaConf.load(trial_dir / ".hydra" / "config.yaml")
+    trial_metrics = json.loads((trial_dir / "metrics.json").read_text())
+    accuracies = []
+    for seed in range(seeds):
+        cfg = trial_cfg.copy()
+        # No held-out data, so nothing to select an epoch or stop on: the test accuracy is the
+        # last epoch's, as in the course recipe. A trial limited to N training images gets
+        # N + the validation images.
+        if cfg.dataset.get("train_limit") is not None:
+            OmegaConf.update(cfg, "dataset.train_limit",
+                             cfg.dataset.train_limit + (cfg.dataset.get("val_size") or 0))
+        OmegaConf.update(cfg, "dataset.val_size", 0)
+        OmegaConf.update(cfg, "objective", "test_accuracy")
+        OmegaConf.update(cfg, "trainer.early_stopping", 0)
+        OmegaConf.update(cfg, "trainer.seed", seed)
+        OmegaConf.update(cfg, "trainer.progress", False)
+        log.info(f"refit of {trial_dir}, seed {seed}: {cfg.trainer.epochs} epochs on training + "
+                 "validation images")
+        run_dir = out_dir / f"seed_{seed}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run_dir / "config.yaml")
+        accuracies.append(train(cfg, run_dir=run_dir))
+    return {
+        "trial_dir": str(trial_dir),
+        "trial_val_accuracy": trial_metrics.get("val_accuracy"),
+        "trial_test_accuracy": trial_metrics.get("test_accuracy"),
+        "epochs": trial_cfg.trainer.epochs,
+        "seeds": list(range(seeds)),
+        "test_accuracy": accuracies,
+        "test_accuracy_mean": statistics.fmean(accuracies),
+        "test_accuracy_std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
+    parser = argparse.ArgumentParser(prog="python -m mlp_sweep.refit", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/DATE/TIME)")
+    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0..N-1); default 3")
+    args = parser.parse_args(argv)
+    try:
+        if args.seeds < 1:
+            raise UserError(f"--seeds={args.seeds} is not allowed; allowed: an integer >= 1")
+        if not args.sweep_dir.is_dir():
+            raise UserError(f"{args.sweep_dir} is not a folder; allowed: a sweep folder, "
+                            "e.g. multirun/2026-11-30/10-00-00")
+        trial_dir = best_trial_dir(args.sweep_dir)
+        summary = refit(trial_dir, args.seeds, args.sweep_dir / "refit")
+    except UserError as error:
+        log.error(f"Error: {error}")
+        return 1
+    write_json(args.sweep_dir / REFIT_FILE, summary)
+    log.info(f"refit of {trial_dir} ({summary['epochs']} epochs, seeds {summary['seeds']}): "
+             f"test accuracy {summary['test_accuracy_mean']:.2%} ± {summary['test_accuracy_std']:.2%}"
+             f" (the trial itself: validation {summary['trial_val_accuracy']:.2%}, "
+             f"test {summary['trial_test_accuracy']:.2%}); written to {args.sweep_dir / REFIT_FILE}")
+    return 0

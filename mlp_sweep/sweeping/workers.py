@@ -1,0 +1,94 @@
+"""Asynchronous sweep workers: K Optuna sweep processes on one study, started by one command.
+
+    python -m mlp_sweep.workers 2 hydra.sweeper.timeout=1800
+    python -m mlp_sweep.workers 2 hparams_search=optuna_course hydra.sweeper.n_trials=40
+    python -m mlp_sweep.workers 3 hydra.sweeper.storage=postgresql://user@db-host/optuna
+
+Each worker is `python -m mlp_sweep.train --multirun hparams_search=optuna` (or the preset the
+overrides name) with one trial at a
+time (`hydra.sweeper.n_jobs=1`) and its own sweep folder; it asks the study for the next trial as
+soon as its last one ends, so no worker waits for a batch's slowest trial as joblib batches do.
+`n_trials` is the study's total across workers. The same command on other hosts, pointed at the
+same PostgreSQL storage, adds workers there: this is Optuna's own distributed mode.
+"""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from hydra import compose, initialize_config_module
+from omegaconf import OmegaConf
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping.storage import create_study
+
+DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
+
+
+def worker_commands(workers: int, overrides: list[str],
+                    config_dir: Path | None = None) -> list[list[str]]:
+    """The command of each worker: its own sampler seed, its share of the cores. Creates the
+    study first, so that the workers do not race to create the database schema."""
+    # hparams_search=optuna unless the overrides name another preset (optuna_course)
+    preset = [] if any(o.startswith("hparams_search=") for o in overrides) else ["hparams_search=optuna"]
+    if config_dir is not None:  # the same search path here and in every worker
+        if not config_dir.is_dir():
+            raise UserError(f"--config-dir {config_dir} is not a folder; allowed: a folder of "
+                            "config groups to add to the search path")
+        overrides = [f"hydra.searchpath=[file://{config_dir.resolve()}]", *overrides]
+    with initialize_config_module(config_module="mlp_sweep.conf"):
+        cfg = compose("train", overrides=[*preset, *overrides], return_hydra_config=True)
+    sweeper = cfg.hydra.sweeper
+    storage, extra = sweeper.storage, []
+    if storage is None or str(storage).startswith("sqlite"):
+        storage = DEFAULT_STORAGE  # SQLite locks under parallel writes
+        extra.append(f"hydra.sweeper.storage={storage}")
+    directions = list(sweeper.direction) if OmegaConf.is_list(sweeper.direction) else [sweeper.direction]
+    create_study(sweeper.study_name, storage, None, None, [str(d) for d in directions])
+    seed = sweeper.sampler.get("seed") or 0
+    threads = max(1, (os.cpu_count() or 1) // workers)
+    return [
+        [sys.executable, "-m", "mlp_sweep.train", "--multirun", *preset, *overrides,
+         *extra, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.sampler.seed={seed + k}",
+         f"trainer.threads={threads}"]
+        for k in range(workers)
+    ]
+
+
+def run_workers(commands: list[list[str]]) -> int:
+    """Start every worker, wait for all; Ctrl-C or SIGTERM is passed on to each of them."""
+    processes = [subprocess.Popen(command) for command in commands]
+
+    def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+
+    previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        codes = [process.wait() for process in processes]
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+    return max(codes, key=abs)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m mlp_sweep.workers", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("workers", type=int, help="number of sweep processes on this host")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every worker")
+    parser.add_argument("--config-dir", type=Path, help="a folder of your own configs, added to "
+                        "the search path after the package's (hydra.searchpath)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error(f"workers={args.workers}: allowed: an integer >= 1")
+    try:
+        commands = worker_commands(args.workers, args.overrides, args.config_dir)
+    except UserError as error:
+        print(f"Error: {error}", file=sys.stderr)
+        return 1
+    return run_workers(commands)
