@@ -1,6 +1,9 @@
-"""The Optuna sweep behind `hparams_search=optuna`: the stock Hydra Optuna sweeper, extended.
+"""The Optuna sweep behind `hydra/sweeper=mlp_optuna`: the stock Hydra Optuna sweeper's
+behaviour and configs, run on Hydra's public Sweeper interface and Optuna's own machinery.
 
-What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
+From the stock plugin it takes its configs (samplers, `params` in Hydra's sweep syntax) and its
+reading of that syntax into Optuna distributions (`create_params_from_overrides`); the loop is
+its own, because the stock one is a single method with no step to extend. What it adds:
 - resume: `n_trials` is the study's total; a re-run asks only for the missing trials, and trials
   left RUNNING by a killed sweep on this host are marked FAIL (`interrupted`) and run again;
 - job folders named by trial number, so a resumed sweep never reuses a folder (hydra#3328);
@@ -17,28 +20,33 @@ What the stock 1.4 sweeper lacks, added here on Optuna's own machinery:
 
 import contextlib
 import datetime
-import functools
+import enum
 import logging
 import math
 import os
 import socket
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy
 import optuna
 import yaml
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from hydra_plugins.hydra_optuna_sweeper._impl import OptunaSweeperImpl, create_params_from_overrides
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
 from optuna.storages._heartbeat import get_heartbeat_thread
 from optuna.trial import TrialState
 
-from mlp_sweep.errors import UserError
 from mlp_sweep.analysis.runs import load_yaml, reproduce_command
+from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.trial_link import TRIAL_ID_VARIABLE
@@ -50,22 +58,35 @@ HOST = os.environ.get("MLP_SWEEP_HOST") or socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"
 NOT_COUNTED = ("interrupted", "surplus")  # FAIL trials that do not use up n_trials
 UNLABELLED_GRACE = datetime.timedelta(seconds=60)
+SAMPLER_TARGETS = ["optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*"]
 
 
-class ResumableOptunaSweep(OptunaSweeperImpl):
-    def __init__(self, *, pruner: Any, custom_search_space: str | None,
-                 sampler_config: DictConfig, timeout: float | None = None,
-                 heartbeat: Heartbeat | None = None, **stock: Any) -> None:
-        super().__init__(custom_search_space=None, **stock)
-        self.sampler_config = sampler_config
+class ResumableOptunaSweep(Sweeper):
+    def __init__(self, *, sampler: DictConfig, direction: Any, storage: str | None,
+                 study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
+                 params: DictConfig | None, pruner: Any, custom_search_space: str | None,
+                 timeout: float | None = None, heartbeat: Heartbeat | None = None) -> None:
+        self.sampler_config = sampler
+        # A partial for the grid sampler, which needs the search space (known in sweep())
+        self.sampler = instantiate(sampler, _execution_whitelist_=SAMPLER_TARGETS)
+        self.directions = directions_of(direction)
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params = params or {}
         self.timeout = timeout
         self.heartbeat = heartbeat
         self.pruner = instantiate(pruner, _execution_whitelist_=["optuna.pruners.*"]) \
             if pruner else optuna.pruners.NopPruner()
-        if custom_search_space:
-            self.custom_search_space_extender = instantiate(
-                {"_target_": custom_search_space, "_partial_": True},
-                _execution_whitelist_=[custom_search_space])
+        self.custom_search_space_extender = instantiate(
+            {"_target_": custom_search_space, "_partial_": True},
+            _execution_whitelist_=[custom_search_space]) if custom_search_space else None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config = config
+        self.hydra_context = hydra_context
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
         try:
@@ -77,9 +98,8 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
 
     def _sweep(self, arguments: list[str]) -> None:
         started = time.monotonic()
-        self._process_searchspace_config()
         space, fixed_params, fixed_overrides = parse_space(
-            self._parse_sweeper_params_config() + list(arguments))
+            [f"{key}={value}" for key, value in self.params.items()] + list(arguments))
         for name in fixed_params:
             space.pop(name, None)
         grid = self._grid_choices(space)
@@ -89,7 +109,7 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
 
         study = create_study(self.study_name, self.storage, self.sampler, self.pruner,
-                             self._get_directions(), self.heartbeat)
+                             self.directions, self.heartbeat)
         check_same_settings(study, study_settings(self.config, space), self.storage)
         self._fail_interrupted(study)
         done = counted(study)
@@ -112,15 +132,15 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                          f"{len(counted(study))} of {self.n_trials} trials in the study")
                 break
             self._fail_stale(study)
-            trials = [t for t in (self._ask(study, sweep_dir) for _ in range(min(self.n_jobs, missing)))
-                      if t]
+            trials = [t for t in (self._ask(study, sweep_dir, space)
+                                  for _ in range(min(self.n_jobs, missing))) if t]
             if not trials:
                 break
             overrides = [
-                (*job, f"hydra.sweep.subdir={trial.number}",
+                (*self._job_overrides(trial, fixed_params, fixed_overrides),
+                 f"hydra.sweep.subdir={trial.number}",
                  f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial._trial_id}")
-                for job, trial in zip(
-                    self._configure_trials(trials, space, fixed_params, fixed_overrides), trials)
+                for trial in trials
             ]
             with contextlib.ExitStack() as beating:  # heartbeats while the jobs run (RDB storages)
                 for trial in trials:
@@ -138,8 +158,24 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
                                    f"{self.max_failure_rate} of n_trials={self.n_trials}")
         self._write_results(study, sweep_dir)
 
-    def _ask(self, study: optuna.Study, sweep_dir: Path) -> optuna.Trial | None:
-        trial = study.ask()
+    def _job_overrides(self, trial: optuna.Trial, fixed_params: dict,
+                       fixed_overrides: list[str]) -> list[str]:
+        """The trial's params, then the command's fixed values, as Hydra overrides (the stock
+        sweeper's order); the custom search space adds its params to the trial first."""
+        for name, value in fixed_params.items():
+            trial.set_user_attr(name, value)
+        if self.custom_search_space_extender:
+            self.custom_search_space_extender(self.config, trial)
+        overlap = trial.params.keys() & fixed_params.keys()
+        if overlap:
+            raise UserError(f"{sorted(overlap)} are both searched and fixed; allowed: each key "
+                            "either in hydra.sweeper.params or on the command line")
+        params = {**trial.params, **fixed_params}
+        return [f"{name}={value}" for name, value in params.items()] + list(fixed_overrides)
+
+    def _ask(self, study: optuna.Study, sweep_dir: Path,
+             space: dict[str, BaseDistribution]) -> optuna.Trial | None:
+        trial = study.ask(space)
         if self.heartbeat is not None:  # from its first moment, so a worker killed now is found
             study._storage.record_heartbeat(trial._trial_id)
         trial.set_user_attr("worker", WORKER)
@@ -156,12 +192,11 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
     def _grid_choices(self, space: dict) -> dict[str, list] | None:
         """The grid when the sampler is the stock `grid` one, which can only be built once the
         search space is known (its config is a partial); else None."""
-        if not (isinstance(self.sampler, functools.partial)
-                and self.sampler.func is optuna.samplers.GridSampler):
+        if getattr(self.sampler, "func", None) is not optuna.samplers.GridSampler:
             return None
         try:
-            return {name: self._to_grid_sampler_choices(d) for name, d in space.items()}
-        except (ValueError, AssertionError) as error:
+            return {name: grid_choices(d) for name, d in space.items()}
+        except ValueError as error:
             raise UserError(f"hydra/sweeper/sampler=grid needs discrete parameters ({error}); "
                             "allowed: choice(...), range(...), int(interval(...))") from None
 
@@ -171,7 +206,7 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
             value = job.return_value  # raises what the job raised
             if isinstance(value, optuna.TrialPruned):  # mlp_sweep.train returns it, not raises
                 raise value
-            values = objective_values(value, len(self._get_directions()))
+            values = objective_values(value, len(self.directions))
         except optuna.TrialPruned as pruned:
             state = TrialState.PRUNED
             log.info(f"Trial {trial.number} pruned: {pruned}")
@@ -225,7 +260,7 @@ class ResumableOptunaSweep(OptunaSweeperImpl):
         if not complete:
             log.warning("No trial completed: no best to report")
             return
-        if len(self._get_directions()) > 1:
+        if len(self.directions) > 1:
             return _pareto_results(study, sweep_dir)
         best = study.best_trial
         OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
@@ -246,7 +281,23 @@ def _trial_record(trial: optuna.trial.FrozenTrial) -> dict:
             "config": load_yaml(run_dir / ".hydra" / "config.yaml")}
 
 
-SAMPLER_TARGETS = ["optuna.samplers.*", "hydra_plugins.hydra_optuna_sweeper.*"]
+def directions_of(direction: Any) -> list[str]:
+    """`direction` as the config gives it (a name, an enum member, or a list of them)."""
+    values = list(direction) if isinstance(direction, Sequence) and not isinstance(direction, str) \
+        else [direction]
+    return [v.name if isinstance(v, enum.Enum) else str(v) for v in values]
+
+
+def grid_choices(distribution: BaseDistribution) -> list:
+    """The points of a discrete distribution, for the grid sampler; ValueError for others."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        steps = round((distribution.high - distribution.low) / distribution.step)
+        return [distribution.low + k * distribution.step for k in range(steps + 1)]
+    raise ValueError(f"the grid sampler takes discrete distributions only, not {distribution}")
 
 
 def refuse(error: UserError) -> NoReturn:

@@ -10,28 +10,38 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
-from hydra_plugins.hydra_optuna_sweeper.optuna_sweeper import OptunaSweeper
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig
 
 
-class ResumableOptunaSweeper(OptunaSweeper):
-    """The stock OptunaSweeper with mlp_sweep's resumable, pruning implementation."""
+class ResumableOptunaSweeper(Sweeper):
+    """Hydra's Sweeper interface; Optuna is imported only when a sweep is set up, as the stock
+    plugin does, so that Hydra's plugin discovery stays fast."""
 
-    def __init__(self, pruner: Any = None, custom_search_space: str | None = None,
-                 timeout: Any = None, heartbeat_interval: Any = None, grace_period: Any = None,
-                 max_retry: Any = 3, **stock: Any) -> None:
+    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None,
+                 n_trials: Any, n_jobs: int, max_failure_rate: Any, params: Any = None,
+                 pruner: Any = None, custom_search_space: str | None = None, timeout: Any = None,
+                 heartbeat_interval: Any = None, grace_period: Any = None,
+                 max_retry: Any = 3) -> None:
         from mlp_sweep.sweeping.optuna_sweep import ResumableOptunaSweep, check_settings
 
-        # Before the stock code asserts on them, or Optuna raises: one line for a bad value.
-        heartbeat = check_settings(stock, pruner, timeout, heartbeat_interval, grace_period,
+        settings = dict(sampler=sampler, direction=direction, storage=storage,
+                        study_name=study_name, n_trials=n_trials, n_jobs=n_jobs,
+                        max_failure_rate=max_failure_rate, params=params)
+        # Before anything is built: one line for a bad value.
+        heartbeat = check_settings(settings, pruner, timeout, heartbeat_interval, grace_period,
                                    max_retry)
-        sampler_config = stock["sampler"]
-        super().__init__(custom_search_space=None, **stock)  # builds the sampler the stock way
-        stock["sampler"] = self.sweeper.sampler
         self.sweeper = ResumableOptunaSweep(pruner=pruner, custom_search_space=custom_search_space,
-                                            sampler_config=sampler_config, timeout=timeout,
-                                            heartbeat=heartbeat, **stock)
+                                            timeout=timeout, heartbeat=heartbeat, **settings)
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+
+    def sweep(self, arguments: list[str]) -> None:
+        self.sweeper.sweep(arguments)
 
 
 @dataclass
