@@ -74,10 +74,11 @@ def seed_pipeline(root: Path, epochs: int) -> dict:
 
 def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64) -> dict:
     """mlp_sweep's own path: cached whole tensors, sliced batches, the optimizer from conf/."""
+    from omegaconf import OmegaConf
+
     from mlp_sweep.training.data import load_splits
     from mlp_sweep.training.engine import evaluate, train_epoch
     from mlp_sweep.training.model import MLP
-    from omegaconf import OmegaConf
 
     conf = Path(__file__).resolve().parents[1] / "conf"
     dataset = OmegaConf.merge(OmegaConf.load(conf / "dataset" / "mnist.yaml"), {"root": str(root)})

@@ -15,10 +15,10 @@ import torch
 from omegaconf import OmegaConf
 from torch.profiler import ProfilerActivity, profile, record_function
 
+from mlp_sweep.training.build import build_training
 from mlp_sweep.training.data import load_splits
 from mlp_sweep.training.engine import train_epoch
 from mlp_sweep.training.model import parameter_count
-from mlp_sweep.training.build import build_training
 
 OPERATOR_GROUPS = {"matrix multiplies": ("aten::addmm", "aten::mm", "aten::matmul", "aten::linear"),
                    "optimizer step": ("Optimizer.step", "aten::_fused_adam", "aten::_foreach")}

@@ -10,10 +10,10 @@ import pytest
 import torch
 import yaml
 
+from mlp_sweep.train import train
 from mlp_sweep.training.data import load_splits
 from mlp_sweep.training.engine import evaluate
 from mlp_sweep.training.model import MLP
-from mlp_sweep.train import train
 
 from conftest import QUICK, compose_config, run_cli
 

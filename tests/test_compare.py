@@ -6,11 +6,11 @@ import base64
 import copy
 import csv
 import json
+import math
 import shlex
 import shutil
 import statistics
 import subprocess
-import math
 import sys
 from pathlib import Path
 
@@ -18,10 +18,11 @@ import optuna
 import pytest
 import yaml
 
-from conftest import run_cli
 from mlp_sweep.analysis import compare as compare_module
 from mlp_sweep.analysis.runs import find_runs
 from mlp_sweep.analysis.study import read_studies
+
+from conftest import run_cli
 
 slow = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"

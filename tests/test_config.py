@@ -1,8 +1,8 @@
 import pytest
 
+from mlp_sweep.errors import ConfigError
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.devices import resolve_device
-from mlp_sweep.errors import ConfigError
 
 from conftest import compose_config
 

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torchvision import datasets, transforms
 
-from mlp_sweep.training import data, mnist_package_index
 from mlp_sweep.errors import DataError
+from mlp_sweep.training import data, mnist_package_index
 from mlp_sweep.training.idx import check_idx, md5_of, write_idx
 
 from conftest import compose_config

@@ -12,11 +12,11 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
+from test_data import write_cifar10, write_fashion_mnist
 
 from mlp_sweep.sweeping.storage import load_study
 
 from conftest import run_cli
-from test_data import write_cifar10, write_fashion_mnist
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)

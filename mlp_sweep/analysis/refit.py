@@ -17,9 +17,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from mlp_sweep.analysis.runs import find_runs, load_yaml
 from mlp_sweep.errors import UserError
 from mlp_sweep.training.run_record import write_json
-from mlp_sweep.analysis.runs import find_runs, load_yaml
 
 log = logging.getLogger(__name__)
 

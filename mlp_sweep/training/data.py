@@ -21,8 +21,8 @@ from omegaconf import DictConfig
 from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
-from mlp_sweep.training import mnist_package_index
 from mlp_sweep.errors import DataError
+from mlp_sweep.training import mnist_package_index
 from mlp_sweep.training.idx import check_idx, md5_of
 
 log = logging.getLogger(__name__)
