@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mlp_sweep.training.data import Split, Splits, load_splits
-from mlp_sweep.training.engine import DivergedError, EpochMetrics, best_epoch, evaluate, fit, train_epoch
+from mlp_sweep.training.engine import (DivergedError, EpochMetrics, batch_bounds, best_epoch, evaluate, fit,
+                                       train_epoch)
 from mlp_sweep.training.model import MLP
 
 from conftest import compose_config
@@ -155,3 +156,23 @@ def test_label_smoothing_and_augment_reach_the_training_step():
                                  loss_fn=nn.CrossEntropyLoss(label_smoothing=0.5))
     assert seen == [32, 32]
     assert loss_smooth != pytest.approx(loss_plain)
+
+
+@pytest.mark.parametrize("n, batch_size, bounds", [
+    (128, 64, [(0, 64), (64, 128)]),
+    (130, 64, [(0, 64), (64, 128), (128, 130)]),
+    (129, 64, [(0, 64), (64, 129)]),  # a lone last sample joins the batch before it
+    (1, 64, [(0, 1)]),
+])
+def test_batch_bounds_cover_every_sample_once(n, batch_size, bounds):
+    assert batch_bounds(n, batch_size) == bounds
+
+
+def test_batch_norm_trains_when_the_last_batch_would_hold_one_sample():
+    torch.manual_seed(0)
+    model = MLP((1, 2, 2), [16], 2, norm="batch")
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    data = separable(n=129)  # 64 + 64 + 1
+    history = fit(model, optimizer, Splits(data, None, separable(n=256, seed=1)), epochs=2,
+                  batch_size=64, generator=torch.Generator().manual_seed(0), progress=False)
+    assert len(history) == 2 and math.isfinite(history[-1].train_loss)

@@ -9,6 +9,7 @@ from omegaconf import DictConfig
 from mlp_sweep.training.augment import build_augment
 from mlp_sweep.training.config import (ALLOWED_ACTIVATIONS, ALLOWED_LOSSES, ALLOWED_OPTIMIZERS,
                                        with_canonical_names)
+from mlp_sweep.training.engine import batch_bounds
 from mlp_sweep.training.model import MLP, hidden_sizes
 from mlp_sweep.training.schedules import Schedule, build_scheduler
 
@@ -32,6 +33,6 @@ def build_training(cfg: DictConfig, train_size: int,
     optimizer = instantiate(cfg.optimizer, _partial_=True,
                             _execution_whitelist_=with_canonical_names(ALLOWED_OPTIMIZERS))(model.parameters())
     loss_fn = instantiate(cfg.loss, _execution_whitelist_=with_canonical_names(ALLOWED_LOSSES))
-    steps_per_epoch = -(-train_size // cfg.trainer.batch_size)
+    steps_per_epoch = len(batch_bounds(train_size, cfg.trainer.batch_size))
     schedule = build_scheduler(cfg.scheduler, optimizer, cfg.trainer.epochs, steps_per_epoch)
     return Training(model, optimizer, loss_fn, build_augment(cfg.augment), schedule)
