@@ -11,3 +11,7 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset file is missing, truncated, fails its checksum, or cannot be written."""
+
+
+class MissingExtraError(UserError):
+    """The config asks for an optional dependency (a pip extra) that is not installed."""

@@ -17,13 +17,14 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.sweeping.trial_link import TrialLink
+from mlp_sweep.sweeping.trial_link import TrialLink, trial_identity
 from mlp_sweep.training import run_dirs
 from mlp_sweep.training.build import build_training
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits, load_splits
 from mlp_sweep.training.devices import cpu_threads, resolve_device
 from mlp_sweep.training.engine import EpochMetrics, best_epoch, fit
+from mlp_sweep.training.loggers import Trackers
 from mlp_sweep.training.model import parameter_count
 from mlp_sweep.training.run_record import RunRecord
 
@@ -47,10 +48,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     try:
         return _train(cfg, record)
     except BaseException as error:
-        pruned = isinstance(error, optuna.TrialPruned)
         if record:
-            record.ended("pruned" if pruned else "failed", error)
-        if not (pruned or isinstance(error, UserError)):  # a UserError gets its one line in main()
+            record.ended(_end_state(error), error)
+        # A UserError gets its one line in main(); a pruned run is no failure.
+        if not isinstance(error, (optuna.TrialPruned, UserError)):
             log.error(f"Run failed: {type(error).__name__}: {error} (traceback in status.json)")
         raise
 
@@ -62,6 +63,9 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(cfg.trainer.seed)
+    trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
+    # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
+    trackers = Trackers.from_config(cfg, record and record.run_dir, *trial_identity(trial))
 
     splits = _on_device(load_splits(cfg.dataset), device)
     model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
@@ -72,8 +76,6 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
              f"{len(splits.train)} training samples; device {device} "
              f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
 
-    trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
-
     def after_epoch(history: list[EpochMetrics]) -> None:
         metrics = history[-1]
         val = "" if metrics.val_accuracy is None else f"  val_acc {metrics.val_accuracy:.2%}"
@@ -82,17 +84,25 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
                  f"  {metrics.epoch_time_s:.2f} s")
         if record:
             record.metrics(_metrics_summary(cfg, model, device, history, len(splits.train)))
+        trackers.log_epoch(metrics)
         if trial:
             trial.report(getattr(metrics, cfg.objective), metrics.epoch,
                          last=metrics.epoch == cfg.trainer.epochs)
 
-    history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
-                  torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-                  progress=cfg.trainer.progress, loss_fn=loss_fn, augment=augment,
-                  schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
-    if record:
-        record.completed(model)
+    trackers.start(cfg)
+    try:
+        history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
+                      torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
+                      progress=cfg.trainer.progress, loss_fn=loss_fn, augment=augment,
+                      schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
+        if record:
+            record.completed(model)
+    except BaseException as error:
+        trackers.finish(None, _end_state(error))
+        raise
     kept = best_epoch(history)
+    objective = float(getattr(kept, cfg.objective))
+    trackers.finish(objective, "completed")
     if len(history) < cfg.trainer.epochs:
         log.info(f"early stop after epoch {len(history)}: no better validation accuracy for "
                  f"{cfg.trainer.early_stopping} epochs <trainer.early_stopping>")
@@ -100,7 +110,11 @@ def _train(cfg: DictConfig, record: RunRecord | None) -> float:
         log.info(f"kept the weights of epoch {kept.epoch}, the best validation accuracy "
                  f"({kept.val_accuracy:.2%})")
     log.info(f"test accuracy: {kept.test_accuracy:.2%}")
-    return float(getattr(kept, cfg.objective))
+    return objective
+
+
+def _end_state(error: BaseException) -> str:
+    return "pruned" if isinstance(error, optuna.TrialPruned) else "failed"
 
 
 def _on_device(splits: Splits, device: torch.device) -> Splits:

@@ -4,9 +4,9 @@ A study's trials are only comparable when everything the search does not vary is
 epochs, the dataset, the objective, the fixed model and optimizer keys. The first sweep on a study
 records those settings in it; a later command that would add trials under other settings stops
 with one line naming the keys that differ. Searched keys (and the sub-keys of a searched group)
-and keys that only say how a run executes (progress bars, threads, device, data folder) are not
-settings; neither is anything under `hydra` (n_trials, the sweep folder, the sampler's seed), so
-growing n_trials or changing the sweep folder resumes the study.
+and keys that only say how a run executes (progress bars, threads, device, data folder, the
+experiment trackers) are not settings; neither is anything under `hydra` (n_trials, the sweep
+folder, the sampler's seed), so growing n_trials or changing the sweep folder resumes the study.
 """
 
 from collections.abc import Iterable
@@ -18,7 +18,9 @@ from omegaconf import DictConfig, OmegaConf
 from mlp_sweep.errors import UserError
 
 SETTINGS_ATTR = "settings"
-EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "dataset.root")
+# How a run executes and where it is logged, not what it trains.
+EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "dataset.root",
+                  "logger")
 ABSENT = "(absent)"
 
 

@@ -66,3 +66,18 @@ def report(value: float, step: int) -> None:
     link = _links[trial_id]
     if link is not None:
         link.report(value, step)
+
+
+def trial_identity(link: TrialLink | None) -> tuple[str | None, int | None]:
+    """The study name and trial number of the Optuna trial this job runs, for experiment trackers
+    to file its run under; (None, None) outside an mlp_optuna sweep.
+
+    With a stored study the number is the study's; an in-memory study lives in the sweep process
+    only, and there the job folder's name is the trial number (the sweeper names it so)."""
+    if os.environ.get(TRIAL_ID_VARIABLE) is None or not HydraConfig.initialized():
+        return None, None
+    if link is not None:
+        return link.trial.study.study_name, link.trial.number
+    hydra_cfg = HydraConfig.get()
+    folder = str(hydra_cfg.sweep.subdir)
+    return str(hydra_cfg.sweeper.study_name), int(folder) if folder.isdigit() else None

@@ -103,6 +103,7 @@ def validate(cfg: DictConfig) -> None:
                 "or dataset.val_size > 0")
     _validate_scheduler(cfg.scheduler, cfg.trainer.epochs)
     _validate_augment(cfg.augment)
+    _validate_logger(cfg.get("logger"))
 
 
 def _validate_model(model: DictConfig) -> None:
@@ -160,6 +161,15 @@ def _validate_augment(augment: DictConfig) -> None:
         elif not _is_number(value) or not 0 <= value < bound:
             raise ConfigError(f"augment.{key}={value!r} is out of range; "
                               f"allowed: 0 <= {key} < {bound}")
+
+
+def _validate_logger(logger: DictConfig | None) -> None:
+    # Every tracker setting (conf/logger/) is a path, a URI or a name.
+    for tracker, settings in (logger or {}).items():
+        for key, value in (settings or {}).items():
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"logger.{tracker}.{key}={value!r} is not allowed; "
+                                  "allowed: a non-empty string")
 
 
 def _is_number(value: object) -> bool:

@@ -1,0 +1,302 @@
+"""Experiment trackers (conf/logger/): what a run logs to TensorBoard, MLflow and CSV, read back
+with each tool's own reader, first from the trackers alone, then from the command line."""
+
+import csv
+import json
+import multiprocessing
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import optuna
+import pytest
+from mlflow import MlflowClient
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams import metadata as hparams_metadata
+from tensorboard.plugins.hparams.api_pb2 import Status
+
+from mlp_sweep.errors import ConfigError
+from mlp_sweep.sweeping.storage import load_study
+from mlp_sweep.sweeping.study_settings import study_settings
+from mlp_sweep.train import train
+from mlp_sweep.training.config import validate
+from mlp_sweep.training.engine import DivergedError, EpochMetrics
+from mlp_sweep.training.loggers import EPOCH_COLUMNS, Trackers
+
+from conftest import QUICK, compose_config, run_cli
+
+EPOCHS = [EpochMetrics(epoch=1, train_loss=1.25, train_accuracy=0.61, val_accuracy=0.625,
+                       test_accuracy=0.6, epoch_time_s=0.5),
+          EpochMetrics(epoch=2, train_loss=0.75, train_accuracy=0.8, val_accuracy=0.8125,
+                       test_accuracy=0.79, epoch_time_s=0.25)]
+MEASURED = [name for name in EPOCH_COLUMNS if name != "epoch"]
+
+
+@pytest.fixture(scope="module")
+def tracking_uri(tmp_path_factory) -> str:
+    """One MLflow store for the module: creating its tables takes seconds."""
+    return f"sqlite:///{tmp_path_factory.mktemp('mlflow')}/mlruns.db"
+
+
+def all_trackers(tracking_uri: str, *overrides: str):
+    return compose_config("logger=[tensorboard,mlflow,csv]",
+                          f"logger.mlflow.tracking_uri={tracking_uri}", *overrides)
+
+
+def log_run(cfg, run_dir: Path, epochs: list[EpochMetrics], objective: float | None, state: str,
+            **trial) -> None:
+    trackers = Trackers.from_config(cfg, run_dir, **trial)
+    trackers.start(cfg)
+    for metrics in epochs:
+        trackers.log_epoch(metrics)
+    trackers.finish(objective, state)
+
+
+def tensorboard_events(log_dir: Path) -> EventAccumulator:
+    events = EventAccumulator(str(log_dir))
+    events.Reload()
+    return events
+
+
+def hparams_records(events: EventAccumulator):
+    """The HParams plugin's session start (the hyperparameters) and end (the status)."""
+    content = events.PluginTagToContent("hparams")
+    return (hparams_metadata.parse_session_start_info_plugin_data(
+                content[hparams_metadata.SESSION_START_INFO_TAG]),
+            hparams_metadata.parse_session_end_info_plugin_data(
+                content[hparams_metadata.SESSION_END_INFO_TAG]))
+
+
+def mlflow_runs(tracking_uri: str, experiment: str) -> list[dict]:
+    """The experiment's runs as `mlflow.search_runs` gives them, one dict per run."""
+    mlflow.set_tracking_uri(tracking_uri)
+    return mlflow.search_runs(experiment_names=[experiment],
+                              order_by=["tags.trial ASC"]).to_dict("records")
+
+
+def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, float]]:
+    return [(m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)]
+
+
+def csv_rows(path: Path) -> list[dict[str, str]]:
+    with path.open(newline="") as file:
+        return list(csv.DictReader(file))
+
+
+# --- the trackers alone, on two made-up epochs ------------------------------------------------
+
+def test_a_completed_run_reads_back_from_all_three_trackers(tmp_path, tracking_uri):
+    cfg = all_trackers(tracking_uri, "optimizer=sgd", "optimizer.lr=0.05")
+    log_run(cfg, tmp_path, EPOCHS, 0.8125, "completed", study_name="course_unit", trial_number=7)
+
+    events = tensorboard_events(tmp_path / "tensorboard")
+    for name in MEASURED:
+        assert [(s.step, s.value) for s in events.Scalars(name)] == [
+            (m.epoch, pytest.approx(getattr(m, name), rel=1e-6)) for m in EPOCHS]
+    assert [(s.step, s.value) for s in events.Scalars("objective")] == [(2, 0.8125)]
+    start, end = hparams_records(events)
+    assert start.hparams["optimizer.lr"].number_value == cfg.optimizer.lr
+    assert start.hparams["optimizer._target_"].string_value == "torch.optim.SGD"
+    assert start.hparams["model.hidden_sizes"].string_value == str(list(cfg.model.hidden_sizes))
+    assert end.status == Status.STATUS_SUCCESS
+    assert events.Tensors("state/text_summary")[0].tensor_proto.string_val == [b"completed"]
+
+    [run] = mlflow_runs(tracking_uri, "course_unit")  # the study's experiment
+    assert (run["status"], run["tags.state"], run["tags.trial"]) == ("FINISHED", "completed", "7")
+    assert run["tags.mlflow.runName"] == "7" and run["tags.run_dir"] == str(tmp_path)
+    assert float(run["params.optimizer.lr"]) == cfg.optimizer.lr
+    assert run["params.optimizer.momentum"] == str(cfg.optimizer.momentum)
+    assert run["metrics.objective"] == 0.8125
+    for name in MEASURED:
+        assert metric_history(tracking_uri, run["run_id"], name) == [
+            (m.epoch, getattr(m, name)) for m in EPOCHS]
+
+    rows = csv_rows(tmp_path / "metrics.csv")
+    assert [{k: float(v) for k, v in row.items()} for row in rows] == [vars(m) for m in EPOCHS]
+
+
+@pytest.mark.parametrize("state, mlflow_status, tensorboard_status", [
+    ("pruned", "KILLED", Status.STATUS_SUCCESS),
+    ("failed", "FAILED", Status.STATUS_FAILURE),
+])
+def test_a_run_that_stops_early_ends_its_tracker_runs_with_its_state(
+        tmp_path, tracking_uri, state, mlflow_status, tensorboard_status):
+    cfg = all_trackers(tracking_uri, f"logger.mlflow.experiment_name=stopped_{state}")
+    log_run(cfg, tmp_path, EPOCHS[:1], None, state)
+
+    [run] = mlflow_runs(tracking_uri, f"stopped_{state}")
+    assert (run["status"], run["tags.state"]) == (mlflow_status, state)
+    assert "tags.trial" not in run  # not a trial: named after its folder
+    assert run["tags.mlflow.runName"] == tmp_path.name
+    logged = MlflowClient(tracking_uri).get_run(run["run_id"]).data.metrics
+    assert set(logged) == set(MEASURED)  # no final objective: the run did not complete
+    events = tensorboard_events(tmp_path / "tensorboard")
+    assert "objective" not in events.Tags()["scalars"]
+    assert hparams_records(events)[1].status == tensorboard_status
+    assert events.Tensors("state/text_summary")[0].tensor_proto.string_val == [state.encode()]
+    assert len(csv_rows(tmp_path / "metrics.csv")) == 1
+
+
+def test_a_training_run_that_fails_ends_its_tracker_runs_failed(tmp_path, tracking_uri,
+                                                                mnist_root):
+    # An infinite learning rate makes the loss NaN at the second step: the run fails in epoch 1.
+    cfg = compose_config("logger=[mlflow,csv]", f"logger.mlflow.tracking_uri={tracking_uri}",
+                         "logger.mlflow.experiment_name=diverged", f"dataset.root={mnist_root}",
+                         "optimizer=sgd", "optimizer.lr=inf", *QUICK)
+    with pytest.raises(DivergedError, match="training loss is"):
+        train(cfg, run_dir=tmp_path)
+    assert json.loads((tmp_path / "status.json").read_text())["state"] == "failed"
+    [run] = mlflow_runs(tracking_uri, "diverged")
+    assert (run["status"], run["tags.state"]) == ("FAILED", "failed")
+    assert csv_rows(tmp_path / "metrics.csv") == []  # the header only: no epoch ended
+
+
+def test_a_run_without_validation_split_leaves_that_column_empty(tmp_path):
+    cfg = compose_config("logger=csv")
+    log_run(cfg, tmp_path, [EpochMetrics(1, 0.5, 0.9, None, 0.88, 0.1)], 0.88, "completed")
+    with (tmp_path / "metrics.csv").open(newline="") as file:
+        header, row = list(csv.reader(file))
+    assert header == EPOCH_COLUMNS
+    assert row[header.index("val_accuracy")] == ""
+    assert float(row[header.index("test_accuracy")]) == 0.88
+
+
+def test_a_refused_mlflow_store_is_one_config_error_and_starts_no_other_tracker(
+        tmp_path, monkeypatch):
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = compose_config("logger=[tensorboard,mlflow,csv]",
+                         f"logger.mlflow.tracking_uri=file:{tmp_path}/mlruns")
+    trackers = Trackers.from_config(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match="logger.mlflow.tracking_uri='file:.*refused by MLflow"
+                                          ".*MLFLOW_ALLOW_FILE_STORE=true$"):
+        trackers.start(cfg)
+    assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_bad_tracker_values_are_one_config_error():
+    with pytest.raises(ConfigError, match=r"^logger.mlflow.tracking_uri=5 is not allowed; "
+                                          "allowed: a non-empty string$"):
+        validate(compose_config("logger=mlflow", "logger.mlflow.tracking_uri=5"))
+    with pytest.raises(ConfigError, match="writes into the run folder"):
+        Trackers.from_config(compose_config("logger=tensorboard"), run_dir=None)
+    validate(compose_config("logger=[tensorboard,mlflow,csv]"))  # the shipped settings pass
+
+
+def test_the_logger_is_not_a_study_setting():
+    # A study resumes whichever trackers the new command logs to.
+    assert study_settings(compose_config("logger=[tensorboard,mlflow]"), []) == \
+        study_settings(compose_config(), [])
+
+
+def test_parallel_trials_share_a_new_mlflow_store(tmp_path):
+    # Three jobs starting at once on a store that does not exist yet, as joblib or workers do:
+    # forked processes, each with its own connection, released together.
+    tracking_uri = f"sqlite:///{tmp_path}/mlruns.db"
+    cfg = compose_config("logger=mlflow", f"logger.mlflow.tracking_uri={tracking_uri}")
+    fork = multiprocessing.get_context("fork")
+    together = fork.Barrier(3)
+
+    def job(number: int) -> None:
+        together.wait()
+        log_run(cfg, tmp_path / str(number), EPOCHS, 0.8, "completed", study_name="parallel",
+                trial_number=number)
+
+    jobs = [fork.Process(target=job, args=(number,)) for number in range(3)]
+    for process in jobs:
+        process.start()
+    for process in jobs:
+        process.join(timeout=120)
+    assert [process.exitcode for process in jobs] == [0, 0, 0]
+    runs = mlflow_runs(tracking_uri, "parallel")
+    assert [(run["tags.trial"], run["status"]) for run in runs] == [
+        ("0", "FINISHED"), ("1", "FINISHED"), ("2", "FINISHED")]
+
+
+# --- the command line ----------------------------------------------------------------------------
+
+SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000"]
+
+
+@pytest.mark.slow
+def test_a_two_trial_search_reads_back_in_tensorboard_and_mlflow(tmp_path, mnist_root):
+    storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlruns.db"
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
+                     "trainer.epochs=2", "dataset.val_size=1000", *SMALL,
+                     "logger=[tensorboard,mlflow,csv]", f"logger.mlflow.tracking_uri={tracking}",
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    trials = load_study("course_mnist", storage).get_trials()
+    assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+    runs = mlflow_runs(tracking, "course_mnist")
+    assert [run["tags.trial"] for run in runs] == ["0", "1"]
+    for trial, run in zip(trials, runs):
+        run_dir = Path(trial.user_attrs["run_dir"])
+        epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"]
+        assert len(epochs) == 2
+
+        assert (run["status"], run["tags.state"]) == ("FINISHED", "completed")
+        assert run["tags.mlflow.runName"] == str(trial.number)
+        assert run["tags.run_dir"] == str(run_dir)
+        assert run["metrics.objective"] == trial.value
+        assert float(run["params.optimizer.lr"]) == trial.params["optimizer.lr"]
+        assert json.loads(run["params.model.hidden_sizes"]) == \
+            json.loads(trial.params["model.hidden_sizes"])
+        for name in MEASURED:
+            assert metric_history(tracking, run["run_id"], name) == [
+                (e["epoch"], e[name]) for e in epochs]
+
+        events = tensorboard_events(run_dir / "tensorboard")
+        for name in MEASURED:
+            assert [(s.step, s.value) for s in events.Scalars(name)] == [
+                (e["epoch"], pytest.approx(e[name], rel=1e-6)) for e in epochs]
+        assert [s.value for s in events.Scalars("objective")] == [pytest.approx(trial.value)]
+        start, end = hparams_records(events)
+        assert start.hparams["optimizer.lr"].number_value == trial.params["optimizer.lr"]
+        assert start.hparams["activation._target_"].string_value.startswith("torch.nn.")
+        assert end.status == Status.STATUS_SUCCESS
+
+        rows = csv_rows(run_dir / "metrics.csv")
+        assert [{k: float(v) for k, v in row.items()} for row in rows] == epochs
+
+
+@pytest.mark.slow
+def test_a_single_run_logs_its_epochs_to_csv(tmp_path, mnist_root):
+    result = run_cli("logger=csv", f"dataset.root={mnist_root}", "trainer.epochs=2", *SMALL,
+                     cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    [run_dir] = (tmp_path / "outputs").glob("*/*")
+    epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"]
+    rows = csv_rows(run_dir / "metrics.csv")
+    assert [row.pop("val_accuracy") for row in rows] == ["", ""]  # no validation split
+    assert [{k: float(v) for k, v in row.items()} for row in rows] == [
+        {k: v for k, v in e.items() if k != "val_accuracy"} for e in epochs]
+    assert not (run_dir / "tensorboard").exists() and not (tmp_path / "mlruns.db").exists()
+
+
+@pytest.mark.slow
+def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path):
+    # An environment where `import mlflow` fails, as it does without the extra.
+    missing = tmp_path / "without_mlflow" / "mlflow"
+    missing.mkdir(parents=True)
+    (missing / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n")
+    result = subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.train", "logger=[tensorboard,mlflow,csv]",
+         f"dataset.root={tmp_path / 'data'}", "trainer.progress=false"],
+        cwd=tmp_path, capture_output=True, text=True, timeout=120,
+        env={**os.environ, "PYTHONPATH": str(missing.parent)})
+    output = result.stdout + result.stderr
+    assert result.returncode == 1, output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and errors[0].endswith(
+        "Error: logger=mlflow needs MLflow (No module named 'mlflow'); "
+        "install it with: pip install -e '.[mlflow]'"), output
+    assert "Traceback" not in output
+    [run_dir] = (tmp_path / "outputs").glob("*/*")
+    assert not (run_dir / "tensorboard").exists() and not (run_dir / "metrics.csv").exists()
+    assert not (tmp_path / "mlruns.db").exists()
+    assert not (tmp_path / "data").exists()  # stopped before reading any data
