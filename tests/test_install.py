@@ -104,10 +104,17 @@ def test_search_with_a_users_config_dir_then_compare_and_refit(installed, tmp_pa
     assert (sweep / "refit.json").is_file()
 
 
-def test_workers_console_script_runs_a_study_from_another_folder(installed, tmp_path, mnist_root):
-    done = run([installed / "mlp-sweep-workers", "1", "hparams_search=optuna_course",
-                "hydra.sweeper.n_trials=1", "dataset.val_size=500", *QUICK,
-                f"dataset.root={mnist_root}"], tmp_path)
+def test_workers_console_script_runs_a_study_with_a_users_config_dir(installed, tmp_path,
+                                                                     mnist_root):
+    mine = tmp_path / "my_configs" / "activation"
+    mine.mkdir(parents=True)
+    (mine / "my_elu.yaml").write_text("_target_: torch.nn.ELU\n")
+    work = tmp_path / "work"
+    work.mkdir()
+    done = run([installed / "mlp-sweep-workers", "1", "--config-dir", mine.parent,
+                "hparams_search=optuna_course", "hydra.sweeper.n_trials=1", "activation=my_elu",
+                "dataset.val_size=500", *QUICK, f"dataset.root={mnist_root}"], work)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert len(list(tmp_path.glob("multirun/*/*/0/metrics.json"))) == 1
-    assert (tmp_path / "multirun" / "optuna.journal").is_file()
+    (config,) = work.glob("multirun/*/*/0/.hydra/config.yaml")
+    assert yaml.safe_load(config.read_text())["activation"]["_target_"] == "torch.nn.ELU"
+    assert (work / "multirun" / "optuna.journal").is_file()

@@ -38,7 +38,7 @@ def worker_commands(workers: int, overrides: list[str],
         if not config_dir.is_dir():
             raise UserError(f"--config-dir {config_dir} is not a folder; allowed: a folder of "
                             "config groups to add to the search path")
-        overrides = [f"hydra.searchpath=[file://{config_dir.resolve()}]", *overrides]
+        overrides = [f"hydra.searchpath=['file://{config_dir.resolve()}']", *overrides]
     with initialize_config_module(config_module="mlp_sweep.conf"):
         cfg = compose("train", overrides=[*preset, *overrides], return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
@@ -83,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every worker")
     parser.add_argument("--config-dir", type=Path, help="a folder of your own configs, added to "
                         "the search path after the package's (hydra.searchpath)")
-    args = parser.parse_args(argv)
+    args = parser.parse_intermixed_args(argv)  # --config-dir anywhere among the overrides
     if args.workers < 1:
         parser.error(f"workers={args.workers}: allowed: an integer >= 1")
     try:
