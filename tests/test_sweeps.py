@@ -291,6 +291,46 @@ def test_a_study_refuses_other_settings_and_resumes_with_the_same(tmp_path, mnis
     assert len(trials_of(storage, "two_epochs")) == 1
 
 
+def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path, mnist_root,
+                                                                       postgres_url):
+    # Two trials, one per worker: once its own trial ends the survivor has nothing left to ask
+    # for, yet the other worker's trial is still RUNNING, and its worker is dead.
+    name = f"last_trial_{uuid.uuid4().hex[:8]}"
+    optuna.create_study(study_name=name, storage=postgres_url, direction="maximize")
+    args = sweep_args(mnist_root, postgres_url, 2, "trainer.epochs=5", "dataset.train_limit=12000",
+                      f"hydra.sweeper.study_name={name}", "hydra/sweeper/pruner=none",
+                      "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3")
+    victim_process = subprocess.Popen(
+        [sys.executable, "-m", "mlp_sweep.train", *args, "hydra.sweeper.sampler.seed=1"],
+        cwd=tmp_path, env={**os.environ, "MLP_SWEEP_HOST": "other-host"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    deadline = time.time() + 240
+    while not trials_of(postgres_url, name) and time.time() < deadline:
+        time.sleep(0.05)  # the victim asks first, so the survivor's trial is the other one
+    survivor = subprocess.Popen(
+        [sys.executable, "-m", "mlp_sweep.train", *args, "hydra.sweeper.sampler.seed=2"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    victim = None
+    while victim is None and time.time() < deadline:  # kill it in the middle of its trial
+        running = [t for t in trials_of(postgres_url, name) if t.state == TrialState.RUNNING
+                   and str(t.user_attrs.get("worker", "")).startswith("other-host:")
+                   and t.intermediate_values]
+        victim = running[0] if running else None
+        time.sleep(0.05)
+    assert victim is not None
+    os.kill(victim_process.pid, signal.SIGKILL)
+    victim_process.wait()
+    output, _ = survivor.communicate(timeout=300)
+    assert survivor.returncode == 0, output
+
+    study = load_study(name, postgres_url)
+    assert study.get_trials(deepcopy=False)[victim.number].state == TrialState.FAIL
+    finished = counted(study)
+    assert len(finished) == 2 and all(t.state == TrialState.COMPLETE for t in finished), finished
+    [retry] = [t for t in finished if victim.number in t.system_attrs.get("retry_history", ())]
+    assert retry.params == victim.params and retry.user_attrs["worker"] != victim.user_attrs["worker"]
+
+
 def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_retried(
         tmp_path, mnist_root, postgres_url):
     name = f"heartbeat_{uuid.uuid4().hex[:8]}"

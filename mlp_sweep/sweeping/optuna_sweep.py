@@ -73,6 +73,7 @@ class ResumableOptunaSweep(Sweeper):
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
         self.params = params or {}
         self.timeout = timeout
+        self._said_waiting = False  # the log line of _wait_for_other_workers, once
         self.heartbeat = heartbeat
         self.pruner = instantiate(pruner, _execution_whitelist_=["optuna.pruners.*"]) \
             if pruner else optuna.pruners.NopPruner()
@@ -125,12 +126,19 @@ class ResumableOptunaSweep(Sweeper):
                  f"{self.n_trials} trials recorded or running; pruner {type(self.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
 
-        while (missing := self.n_trials - len(counted(study))) > 0:
+        while True:
             if self.timeout is not None and time.monotonic() - started >= self.timeout:
                 log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
                          f"{len(counted(study))} of {self.n_trials} trials in the study")
                 break
             self._fail_stale(study)
+            # A retry queued for a dead worker's trial (WAITING) is counted but still to be run.
+            missing = self.n_trials - len([t for t in counted(study)
+                                           if t.state != TrialState.WAITING])
+            if missing <= 0:
+                if self._wait_for_other_workers(study):
+                    continue
+                break
             trials = [t for t in (self._ask(study, sweep_dir, space)
                                   for _ in range(min(self.n_jobs, missing))) if t]
             if not trials:
@@ -222,6 +230,23 @@ class ResumableOptunaSweep(Sweeper):
             # Optuna reports that as this error, after recording the trial.
             if "Study.stop" not in str(error):
                 raise
+
+    def _wait_for_other_workers(self, study: optuna.Study) -> bool:
+        """With heartbeats, a trial another worker still runs may yet go stale, and its retry
+        needs a worker that is still here: while one runs, wait a heartbeat interval and say
+        True (look again); else False (the study is done)."""
+        if self.heartbeat is None:
+            return False
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return False
+        if not self._said_waiting:
+            log.info(f"All {self.n_trials} trials asked; waiting for trial(s) "
+                     f"{', '.join(str(t.number) for t in running)} of other workers, to run "
+                     "again any whose worker stops sending heartbeats")
+            self._said_waiting = True
+        time.sleep(self.heartbeat.interval)
+        return True
 
     def _fail_stale(self, study: optuna.Study) -> None:
         """Optuna's check for trials whose worker, on any host, stopped sending heartbeats: they
