@@ -6,9 +6,11 @@ downloaded; the editable install of this checkout is not visible there (its find
 a .pth file of this environment, which the throw-away one does not run).
 """
 
+import os
 import subprocess
 import sys
 import sysconfig
+import tomllib
 import zipfile
 from pathlib import Path
 
@@ -118,3 +120,21 @@ def test_workers_console_script_runs_a_study_with_a_users_config_dir(installed, 
     (config,) = work.glob("multirun/*/*/0/.hydra/config.yaml")
     assert yaml.safe_load(config.read_text())["activation"]["_target_"] == "torch.nn.ELU"
     assert (work / "multirun" / "optuna.journal").is_file()
+
+
+def test_a_missing_extra_names_the_requirement_to_install_from_a_wheel(installed, tmp_path):
+    # An installed wheel has no checkout to `pip install -e` from: the line names the extra's
+    # requirement instead. `import mlflow` fails here as it does without the extra.
+    fake = tmp_path / "without_mlflow" / "mlflow"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n")
+    done = subprocess.run([str(installed / "mlp-sweep-train"), "logger=mlflow",
+                           f"dataset.root={tmp_path / 'data'}"], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(fake.parent)})
+    [requirement] = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]["mlflow"]
+    assert done.returncode == 1
+    assert ("Error: logger=mlflow needs MLflow (No module named 'mlflow'); install it with: "
+            f"pip install '{requirement}'") in done.stdout, done.stdout + done.stderr

@@ -9,6 +9,7 @@ import contextlib
 import csv
 import fcntl
 import importlib
+import importlib.metadata
 import io
 import logging
 import time
@@ -287,7 +288,19 @@ def _import_extra(name: str) -> None:
     except ImportError as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise MissingExtraError(f"logger={name} needs {library} ({reason}); install it with: "
-                                f"pip install -e '.[{extra}]'") from None
+                                f"{install_command(extra)}") from None
+
+
+def install_command(extra: str) -> str:
+    """The command that installs a pip extra of this package: the extra itself in a checkout
+    (run from its folder), else the requirements the extra names, as an installed wheel has no
+    source folder to name."""
+    if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file():
+        return f"pip install -e '.[{extra}]'"
+    requirements = [requirement.split(";")[0].strip()
+                    for requirement in importlib.metadata.requires("mlp_sweep") or ()
+                    if requirement.split(";")[-1].strip() == f'extra == "{extra}"']
+    return "pip install " + " ".join(f"'{r}'" for r in requirements)
 
 
 @contextlib.contextmanager
