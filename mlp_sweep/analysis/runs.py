@@ -14,6 +14,7 @@ import yaml
 from omegaconf import OmegaConf
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.training.config import flatten
 from mlp_sweep.training.run_record import METRICS_FILE, STATUS_FILE
 
 # Keys that say how a run was executed rather than what was trained.
@@ -54,7 +55,7 @@ def read_run(folder: Path) -> Run:
     hydra_cfg = load_yaml(hydra_dir / "hydra.yaml").get("hydra", {})
     choices = {k: v for k, v in (hydra_cfg.get("runtime", {}).get("choices") or {}).items()
                if not k.startswith("hydra/")}
-    params = {**choices, **_flatten(config)}
+    params = {**choices, **flatten(config)}
     params = {k: v for k, v in params.items() if k not in NOT_COMPARED
               and not k.endswith(("._target_", "._partial_"))}
     overrides = load_yaml(hydra_dir / "overrides.yaml") or []
@@ -119,17 +120,6 @@ def _run_folders(path: Path) -> list[Path]:
 
 def _numeric(name: str) -> tuple:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
-
-
-def _flatten(config: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
 
 
 def load_yaml(path: Path):

@@ -16,6 +16,7 @@ import optuna
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.training.config import flatten
 
 SETTINGS_ATTR = "settings"
 # How a run executes and where it is logged, not what it trains.
@@ -26,13 +27,11 @@ ABSENT = "(absent)"
 
 def study_settings(config: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
     """The composed config as flat `key: value` pairs, less the searched and execution keys."""
-    flat: dict[str, Any] = {}
-    for key in config:
-        if key == "hydra":
-            continue
-        value = config[key]  # resolved against the whole config, as the job will see it
-        _flatten(OmegaConf.to_container(value, resolve=True) if OmegaConf.is_config(value)
-                 else value, key, flat)
+    # Each key resolved against the whole config, as the job will see it; `hydra` is left out
+    # (its own interpolations only resolve while Hydra runs).
+    flat = flatten({key: OmegaConf.to_container(config[key], resolve=True)
+                    if OmegaConf.is_config(config[key]) else config[key]
+                    for key in config if key != "hydra"}, keep_empty=True)
     skipped = (*searched, *EXECUTION_KEYS)
     return {k: v for k, v in flat.items()
             if not any(k == s or k.startswith(f"{s}.") for s in skipped)}
@@ -54,14 +53,6 @@ def check_same_settings(study: optuna.Study, settings: dict[str, Any], storage: 
     raise UserError(f"study {study.study_name} in {storage or 'memory'} holds trials run with "
                     f"other settings: {shown}{more}; allowed: the study's settings, to resume it, "
                     "or another study for these: hydra.sweeper.study_name=NEW_NAME")
-
-
-def _flatten(value: Any, prefix: str, into: dict[str, Any]) -> None:
-    if isinstance(value, dict) and value:
-        for key, item in value.items():
-            _flatten(item, f"{prefix}.{key}", into)
-    else:
-        into[prefix] = value
 
 
 def _text(value: Any) -> str:

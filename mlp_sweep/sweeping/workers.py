@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 
 from hydra import compose, initialize_config_module
-from omegaconf import OmegaConf
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping.optuna_sweep import directions_of
 from mlp_sweep.sweeping.storage import create_study
 
 DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
@@ -46,8 +46,7 @@ def worker_commands(workers: int, overrides: list[str],
     if storage is None or str(storage).startswith("sqlite"):
         storage = DEFAULT_STORAGE  # SQLite locks under parallel writes
         extra.append(f"hydra.sweeper.storage={storage}")
-    directions = list(sweeper.direction) if OmegaConf.is_list(sweeper.direction) else [sweeper.direction]
-    create_study(sweeper.study_name, storage, None, None, [str(d) for d in directions])
+    create_study(sweeper.study_name, storage, None, None, directions_of(sweeper.direction))
     seed = sweeper.sampler.get("seed") or 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     return [

@@ -4,7 +4,8 @@ Hydra checks that config groups exist; this checks the values inside them, so a 
 fails before any data is read or any folder is written, with a message naming the key.
 """
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from hydra.utils import get_object as locate
 from omegaconf import DictConfig, ListConfig
@@ -152,13 +153,11 @@ def _validate_augment(augment: DictConfig) -> None:
     if augment.get("_target_") is None:
         return
     _one_of("augment._target_", augment._target_, ALLOWED_AUGMENTS)
-    for key, bound in (("shift", None), ("degrees", 180), ("scale", 1)):
+    if augment.get("shift") is not None:
+        _positive_int("augment.shift", augment.shift, allow_zero=True)
+    for key, bound in (("degrees", 180), ("scale", 1)):
         value = augment.get(key)
-        if value is None:
-            continue
-        if key == "shift":
-            _positive_int("augment.shift", value, allow_zero=True)
-        elif not _is_number(value) or not 0 <= value < bound:
+        if value is not None and (not _is_number(value) or not 0 <= value < bound):
             raise ConfigError(f"augment.{key}={value!r} is out of range; "
                               f"allowed: 0 <= {key} < {bound}")
 
@@ -170,6 +169,19 @@ def _validate_logger(logger: DictConfig | None) -> None:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"logger.{tracker}.{key}={value!r} is not allowed; "
                                   "allowed: a non-empty string")
+
+
+def flatten(tree: Mapping, keep_empty: bool = False, prefix: str = "") -> dict[str, Any]:
+    """A nested mapping (a config as plain containers) as `dotted.key: value` pairs; lists stay
+    values. An empty mapping is dropped, or kept as the value `{}` with `keep_empty`."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping) and (value or not keep_empty):
+            flat.update(flatten(value, keep_empty, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
 
 
 def _is_number(value: object) -> bool:

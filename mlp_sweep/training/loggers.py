@@ -21,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import ConfigError, MissingExtraError
+from mlp_sweep.training.config import flatten
 from mlp_sweep.training.engine import EpochMetrics
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,9 @@ class Trackers:
 
     def start(self, cfg: DictConfig) -> None:
         """Open each tracker's run and log the resolved config as its hyperparameters."""
-        hyperparameters = flat_config(cfg)
+        hyperparameters = flatten({key: value for key, value in  # dotted keys: optimizer.lr
+                                   OmegaConf.to_container(cfg, resolve=True).items()
+                                   if key != "hydra"})
         started: list[Tracker] = []
         try:
             for tracker in self.trackers:
@@ -262,21 +265,6 @@ def epoch_values(metrics: EpochMetrics) -> dict[str, float]:
     """An epoch's metrics by name, without the epoch itself and without a missing val_accuracy."""
     return {key: value for key, value in vars(metrics).items()
             if key != "epoch" and value is not None}
-
-
-def flat_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved config as dotted keys (`optimizer.lr`); lists stay values."""
-    flat: dict[str, Any] = {}
-
-    def walk(value: Any, prefix: str) -> None:
-        if isinstance(value, dict):
-            for key, item in value.items():
-                walk(item, f"{prefix}.{key}" if prefix else str(key))
-        else:
-            flat[prefix] = value
-
-    walk({k: v for k, v in OmegaConf.to_container(cfg, resolve=True).items() if k != "hydra"}, "")
-    return flat
 
 
 def _import_extra(name: str) -> None:
