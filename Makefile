@@ -1,11 +1,13 @@
 # make train   - set up .venv if missing, get MNIST, train the default model (ARGS=... adds overrides)
 # make test    - set up .venv if missing, run the test suite
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
-# make bench, make bench-sweeps, make bench-search [QUICK=1] - the benchmarks in benchmarks/
+# make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1] - the
+#              benchmarks in benchmarks/ (bench-peers and the tests also install the bench extra)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
+BENCH_INSTALLED := $(VENV)/.installed-bench
 
 .PHONY: install train test
 
@@ -16,10 +18,14 @@ $(INSTALLED): pyproject.toml
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
 	touch $@
 
+$(BENCH_INSTALLED): $(INSTALLED)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
+	touch $@
+
 train: $(INSTALLED)
 	$(PY) -m mlp_sweep.train $(ARGS)
 
-test: $(INSTALLED)
+test: $(BENCH_INSTALLED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 .PHONY: sweep
@@ -27,7 +33,7 @@ WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
 
-.PHONY: bench bench-sweeps bench-search
+.PHONY: bench bench-sweeps bench-search bench-peers
 bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
 	$(PY) benchmarks/bench.py
 
@@ -36,3 +42,6 @@ bench-sweeps: $(INSTALLED)   ## pruning and parallel-trial gains of the Optuna s
 
 bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, refits included (about 75 minutes; QUICK=1: 13)
 	$(PY) benchmarks/search.py $(if $(QUICK),--quick)
+
+bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 90 minutes; QUICK=1: 20)
+	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)

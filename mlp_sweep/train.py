@@ -11,7 +11,6 @@ from pathlib import Path
 
 import hydra
 import optuna
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig
@@ -19,14 +18,8 @@ from omegaconf import DictConfig
 from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping.trial_link import TrialLink, trial_identity
 from mlp_sweep.training import run_dirs
-from mlp_sweep.training.build import build_training
-from mlp_sweep.training.config import validate
-from mlp_sweep.training.data import Split, Splits, load_splits
-from mlp_sweep.training.devices import cpu_threads, resolve_device
-from mlp_sweep.training.engine import EpochMetrics, best_epoch, fit
-from mlp_sweep.training.loggers import Trackers
-from mlp_sweep.training.model import parameter_count
-from mlp_sweep.training.run_record import RunRecord
+from mlp_sweep.training.engine import EpochMetrics
+from mlp_sweep.training.run import train_run
 
 log = logging.getLogger(__name__)
 
@@ -38,109 +31,19 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     it keeps (the best validation accuracy; the last epoch without a validation split).
 
     `run_dir` receives status.json, metrics.json and model.pt; with Hydra it defaults to the
-    run's output folder, without Hydra nothing is written.
+    run's output folder, without Hydra nothing is written. In an mlp_optuna sweep every epoch's
+    objective goes to the job's Optuna trial, which may prune it.
     """
     if run_dir is None and HydraConfig.initialized():
         run_dir = Path(HydraConfig.get().runtime.output_dir)
-    record = RunRecord(run_dir) if run_dir is not None else None
-    if record:
-        record.running()
-    try:
-        return _train(cfg, record)
-    except BaseException as error:
-        if record:
-            record.ended(_end_state(error), error)
-        # A UserError gets its one line in main(); a pruned run is no failure.
-        if not isinstance(error, (optuna.TrialPruned, UserError)):
-            log.error(f"Run failed: {type(error).__name__}: {error} (traceback in status.json)")
-        raise
-
-
-def _train(cfg: DictConfig, record: RunRecord | None) -> float:
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    threads = cpu_threads(cfg.trainer.threads)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.trainer.seed)
     trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
-    # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
-    trackers = Trackers.from_config(cfg, record and record.run_dir, *trial_identity(trial))
 
-    splits = _on_device(load_splits(cfg.dataset), device)
-    model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
-    log.info(f"Model: {model}")
-    log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
-             f"schedule {type(schedule.scheduler).__name__ if schedule else 'none'}; "
-             f"augment {type(augment).__name__ if augment else 'none'}; "
-             f"{len(splits.train)} training samples; device {device} "
-             f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
-
-    def after_epoch(history: list[EpochMetrics]) -> None:
-        metrics = history[-1]
-        val = "" if metrics.val_accuracy is None else f"  val_acc {metrics.val_accuracy:.2%}"
-        log.info(f"epoch {metrics.epoch}/{cfg.trainer.epochs}  train_loss {metrics.train_loss:.4f}"
-                 f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
-                 f"  {metrics.epoch_time_s:.2f} s")
-        if record:
-            record.metrics(_metrics_summary(cfg, model, device, history, len(splits.train)))
-        trackers.log_epoch(metrics)
+    def report(metrics: EpochMetrics) -> None:
         if trial:
             trial.report(getattr(metrics, cfg.objective), metrics.epoch,
                          last=metrics.epoch == cfg.trainer.epochs)
 
-    trackers.start(cfg)
-    try:
-        history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
-                      torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-                      progress=cfg.trainer.progress, loss_fn=loss_fn, augment=augment,
-                      schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
-        if record:
-            record.completed(model)
-    except BaseException as error:
-        trackers.finish(None, _end_state(error))
-        raise
-    kept = best_epoch(history)
-    objective = float(getattr(kept, cfg.objective))
-    trackers.finish(objective, "completed")
-    if len(history) < cfg.trainer.epochs:
-        log.info(f"early stop after epoch {len(history)}: no better validation accuracy for "
-                 f"{cfg.trainer.early_stopping} epochs <trainer.early_stopping>")
-    if kept is not history[-1]:
-        log.info(f"kept the weights of epoch {kept.epoch}, the best validation accuracy "
-                 f"({kept.val_accuracy:.2%})")
-    log.info(f"test accuracy: {kept.test_accuracy:.2%}")
-    return objective
-
-
-def _end_state(error: BaseException) -> str:
-    return "pruned" if isinstance(error, optuna.TrialPruned) else "failed"
-
-
-def _on_device(splits: Splits, device: torch.device) -> Splits:
-    def move(split: Split | None) -> Split | None:
-        return split and Split(split.inputs.to(device), split.labels.to(device))
-
-    return Splits(move(splits.train), move(splits.val), move(splits.test))
-
-
-def _metrics_summary(cfg: DictConfig, model, device: torch.device,
-                     history: list[EpochMetrics], train_size: int) -> dict:
-    kept = best_epoch(history)  # model.pt holds this epoch's weights
-    return {
-        "objective": cfg.objective,
-        "test_accuracy": kept.test_accuracy,
-        "val_accuracy": kept.val_accuracy,
-        "train_loss": kept.train_loss,
-        "best_epoch": kept.epoch,
-        "epochs_done": len(history),
-        "train_size": train_size,
-        "train_time_s": sum(m.epoch_time_s for m in history),
-        "parameter_count": parameter_count(model),
-        "device": str(device),
-        "threads": torch.get_num_threads(),
-        "epochs": [vars(m) for m in history],
-    }
+    return train_run(cfg, run_dir, on_epoch=report, tracker_identity=trial_identity(trial))
 
 
 run_dirs.register()

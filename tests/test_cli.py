@@ -4,6 +4,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,9 @@ def test_single_run_leaves_config_log_metrics_and_weights(tmp_path, mnist_root):
     epoch = metrics["epochs"][0]
     assert {"train_loss", "train_accuracy", "test_accuracy", "epoch_time_s"} <= epoch.keys()
     assert 0.5 < metrics["test_accuracy"] <= 1 and epoch["epoch_time_s"] > 0
+    # When the epoch ended, after the run began and after that epoch's training took place.
+    started = read_json(run / "status.json")["started"]
+    assert started + epoch["epoch_time_s"] < epoch["ended_at"] < time.time()
     assert f"test accuracy: {metrics['test_accuracy']:.2%}" in (run / "train.log").read_text()
 
     # The saved weights give back the recorded accuracy.

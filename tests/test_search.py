@@ -16,7 +16,7 @@ from test_data import write_cifar10, write_fashion_mnist
 
 from mlp_sweep.sweeping.storage import load_study
 
-from conftest import run_cli
+from conftest import CONF_DIR, run_cli
 
 pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -34,11 +34,13 @@ def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_
     storage = f"sqlite:///{tmp_path}/optuna.db"
     result = run_cli("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
-                     "trainer.epochs=2", "model.width=choice(32,64)", *SMALL,
+                     "trainer.epochs=2", "model.width=choice(32,256)", *SMALL,
                      "hydra.sweep.dir=multirun/strong", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = load_study("mlp_mnist", storage)
-    assert "pruner HyperbandPruner" in result.stdout + result.stderr
+    assert "pruner SuccessiveHalvingPruner" in result.stdout + result.stderr
+    preset = yaml.safe_load((CONF_DIR / "hparams_search" / "optuna.yaml").read_text())
+    assert study.trials[0].params == preset["hydra"]["sweeper"]["enqueue_trials"][0]
     searched = {"model.depth", "model.width", "model.dropout", "model.norm", "activation",
                 "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "scheduler",
                 "augment", "loss.label_smoothing"}
@@ -52,6 +54,18 @@ def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_
     # The sweeper is told the kept (best validation) epoch's value, and model.pt is that epoch.
     assert best["value"] == metrics["val_accuracy"] == max(e["val_accuracy"] for e in metrics["epochs"])
     assert metrics["epochs"][metrics["best_epoch"] - 1]["val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_a_narrowed_space_without_the_presets_first_trial_is_one_line(tmp_path, mnist_root):
+    result = run_cli("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "model.width=choice(32,64)",
+                     *SMALL, "hydra.sweep.dir=multirun/narrow", cwd=tmp_path)
+    assert result.returncode == 1
+    assert ("Error: hydra.sweeper.enqueue_trials[0].model.width=256 is outside its range; allowed: "
+            "one of 32, 64 (or hydra.sweeper.enqueue_trials=[] to start without it)") in \
+        result.stdout + result.stderr
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "narrow").exists()
 
 
 def test_timeout_stops_asking_for_trials_and_lets_the_running_one_finish(tmp_path, mnist_root):
@@ -158,7 +172,7 @@ def test_fashion_mnist_search_runs_the_preset_on_files_in_the_real_format(tmp_pa
     result = run_cli("--multirun", "hparams_search=optuna", "dataset=fashion_mnist",
                      "dataset.root=data", "dataset.val_size=100", f"hydra.sweeper.storage={storage}",
                      "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
-                     "model.width=choice(16,32)", cwd=tmp_path)
+                     "model.width=choice(16,32)", "hydra.sweeper.enqueue_trials=[]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("mlp_fashion_mnist", storage).trials  # its own study, named by dataset
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
@@ -188,7 +202,7 @@ def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path):
          "dataset=cifar10", "dataset.root=data", "dataset.val_size=5",
          f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
          "trainer.progress=false", "model.width=choice(16,32)", "augment=choice(none,flip_crop)",
-         "trainer.batch_size=choice(4,8)"],
+         "trainer.batch_size=choice(4,8)", "hydra.sweeper.enqueue_trials=[]"],
         cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     trials = load_study("mlp_cifar10", storage).trials

@@ -165,6 +165,24 @@ def test_the_readme_app_is_swept_and_pruned_as_its_first_line_says(tmp_path):
     assert abs(study.best_params["+x"] - 2) < 1.5
 
 
+def test_enqueued_trials_run_first_count_in_n_trials_and_are_queued_once(tmp_path):
+    first = ["hydra.sweeper.enqueue_trials=[{x:1.5,y:0},{x:-2.0}]",
+             f"hydra.sweeper.storage={storage_of(tmp_path)}"]
+    result = sphere(tmp_path, *first, "hydra.sweeper.n_trials=4")
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path).trials
+    assert len(trials) == 4
+    assert trials[0].params == {"x": 1.5, "y": 0}
+    # A partial set: x as given, y chosen by the sampler.
+    assert trials[1].params["x"] == -2.0 and trials[1].params["y"] in (-5, 0, 5)
+    # The same command again, with more trials, resumes without queueing the sets again.
+    result = sphere(tmp_path, *first, "hydra.sweeper.n_trials=6")
+    assert result.returncode == 0, result.stderr
+    trials = study_of(tmp_path).trials
+    assert len(trials) == 6 and all(t.state == TrialState.COMPLETE for t in trials)
+    assert sum(t.params == {"x": 1.5, "y": 0} for t in trials) == 1
+
+
 @pytest.mark.parametrize("overrides, message", [
     (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/nothing"],
      "hydra.sweeper.storage='postgresql://nobody@127.0.0.1:1/nothing' cannot be opened"),
@@ -183,6 +201,15 @@ def test_the_readme_app_is_swept_and_pruned_as_its_first_line_says(tmp_path):
      "hydra.sweeper.sampler._target_='os.system' is not allowed"),
     (["hydra.sweeper.params.x='interval(1)'"],
      "hydra.sweeper.params: 'x=interval(1)' cannot be read"),
+    (["hydra.sweeper.storage=sqlite:///sphere.db", "hydra.sweeper.enqueue_trials=[{x:1.0},{q:1}]"],
+     "Error: hydra.sweeper.enqueue_trials[1].q=1 is not in the search space; allowed: x, y"),
+    (["hydra.sweeper.storage=sqlite:///sphere.db", "hydra.sweeper.enqueue_trials=[{x:9.0}]"],
+     "Error: hydra.sweeper.enqueue_trials[0].x=9.0 is outside its range; allowed: a number from "
+     "-5.5 to 5 in steps of 0.5"),
+    (["hydra.sweeper.enqueue_trials=[{y:3}]"],
+     "Error: hydra.sweeper.enqueue_trials[0].y=3 is outside its range; allowed: one of -5, 0, 5"),
+    (["hydra.sweeper.enqueue_trials={x:1.0}"], "Error: hydra.sweeper.enqueue_trials={'x': 1.0} is "
+     "not allowed; allowed: a list of parameter sets"),
     (["hydra/sweeper/sampler=annealing"], "Could not find 'hydra/sweeper/sampler/annealing'"),
     (["hydra/sweeper/pruner=patient"], "Could not find 'hydra/sweeper/pruner/patient'"),
 ])

@@ -1,6 +1,7 @@
 """Refit a sweep's best trial on all its training data and measure it on the test set.
 
     python -m mlp_sweep.refit multirun/2026-11-30/10-00-00 [--seeds 3]
+    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00/17      (that trial, not the best)
 
 The search chose the trial on validation accuracy; that trial's model never saw the validation
 images. The refit trains the same config again on training + validation images (nothing held
@@ -28,7 +29,10 @@ REFIT_FILE = "refit.json"
 
 def best_trial_dir(sweep_dir: Path) -> Path:
     """The folder of the sweep's best completed trial: the one best.yaml names (the study's best,
-    across resumed sweeps), else the best completed run in the folder by its objective."""
+    across resumed sweeps), else the best completed run in the folder by its objective. A run's
+    own folder names itself."""
+    if (sweep_dir / ".hydra" / "config.yaml").is_file() and (sweep_dir / "metrics.json").is_file():
+        return sweep_dir
     best = load_yaml(sweep_dir / "best.yaml")
     if best.get("run_dir") and Path(best["run_dir"], ".hydra", "config.yaml").is_file():
         return Path(best["run_dir"])
@@ -41,7 +45,7 @@ def best_trial_dir(sweep_dir: Path) -> Path:
 
 def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
     """Train `trial_dir`'s config on train + validation with seeds 0..seeds-1; the summary."""
-    from mlp_sweep.train import train  # imports torch: after the arguments are checked
+    from mlp_sweep.training.run import train_run  # imports torch: after the arguments are checked
 
     trial_cfg = OmegaConf.load(trial_dir / ".hydra" / "config.yaml")
     trial_metrics = json.loads((trial_dir / "metrics.json").read_text())
@@ -64,7 +68,7 @@ def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
         run_dir = out_dir / f"seed_{seed}"
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / "config.yaml")
-        accuracies.append(train(cfg, run_dir=run_dir))
+        accuracies.append(train_run(cfg, run_dir))
     return {
         "trial_dir": str(trial_dir),
         "trial_val_accuracy": trial_metrics.get("val_accuracy"),
@@ -81,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
     parser = argparse.ArgumentParser(prog="python -m mlp_sweep.refit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/DATE/TIME)")
+    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/DATE/TIME), or one trial's")
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0..N-1); default 3")
     args = parser.parse_args(argv)
     try:

@@ -46,6 +46,7 @@ from optuna.trial import TrialState
 
 from mlp_sweep.analysis.runs import load_yaml, reproduce_command
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.trial_link import TRIAL_ID_VARIABLE
@@ -64,8 +65,10 @@ class ResumableOptunaSweep(Sweeper):
     def __init__(self, *, sampler: DictConfig, direction: Any, storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: DictConfig | None, pruner: Any, custom_search_space: str | None,
-                 timeout: float | None = None, heartbeat: Heartbeat | None = None) -> None:
+                 timeout: float | None = None, heartbeat: Heartbeat | None = None,
+                 enqueue_trials: Any = None) -> None:
         self.sampler_config = sampler
+        self.enqueue_trials = enqueue_trials
         # A partial for the grid sampler, which needs the search space (known in sweep())
         self.sampler = instantiate(sampler, _execution_whitelist_=SAMPLER_TARGETS)
         self.directions = directions_of(direction)
@@ -101,6 +104,7 @@ class ResumableOptunaSweep(Sweeper):
             [f"{key}={value}" for key, value in self.params.items()] + list(arguments))
         for name in fixed_params:
             space.pop(name, None)
+        first_trials = checked_trials(self.enqueue_trials, space, fixed_params)
         grid = self._grid_choices(space)
         if grid is not None:
             self.sampler = self.sampler(grid)
@@ -111,6 +115,7 @@ class ResumableOptunaSweep(Sweeper):
                              self.directions, self.heartbeat)
         check_same_settings(study, study_settings(self.config, space), self.storage)
         self._fail_interrupted(study)
+        enqueue(study, first_trials)
         done = counted(study)
         seed = self.sampler_config.get("seed")
         if done and seed is not None:

@@ -24,7 +24,7 @@ class ResumableOptunaSweeper(Sweeper):
                  n_trials: Any, n_jobs: int, max_failure_rate: Any, params: Any = None,
                  pruner: Any = None, custom_search_space: str | None = None, timeout: Any = None,
                  heartbeat_interval: Any = None, grace_period: Any = None,
-                 max_retry: Any = 3) -> None:
+                 max_retry: Any = 3, enqueue_trials: Any = None) -> None:
         from mlp_sweep.sweeping.optuna_sweep import ResumableOptunaSweep, check_settings
 
         settings = dict(sampler=sampler, direction=direction, storage=storage,
@@ -34,7 +34,8 @@ class ResumableOptunaSweeper(Sweeper):
         heartbeat = check_settings(settings, pruner, timeout, heartbeat_interval, grace_period,
                                    max_retry)
         self.sweeper = ResumableOptunaSweep(pruner=pruner, custom_search_space=custom_search_space,
-                                            timeout=timeout, heartbeat=heartbeat, **settings)
+                                            timeout=timeout, heartbeat=heartbeat,
+                                            enqueue_trials=enqueue_trials, **settings)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -58,6 +59,9 @@ class ResumableOptunaSweeperConf(OptunaSweeperConf):
     heartbeat_interval: Any = None
     grace_period: Any = None
     max_retry: Any = 3
+    # Parameter sets run first, e.g. [{model.width: 512}]: counted in n_trials; a partial set
+    # lets the sampler choose the rest; queued once per study, so a resume adds no copy.
+    enqueue_trials: Any = None
 
 
 @dataclass

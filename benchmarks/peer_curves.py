@@ -1,0 +1,113 @@
+"""Best-so-far curves from recorded trials: what a search had found at each moment of its budget.
+
+A trial is what its run folder recorded: when it started, and each epoch's validation and test
+accuracy with the time the epoch ended. At a time t only epochs that ended by t count, so a trial
+still running at t counts with the epochs it had, and nothing reported after a budget helps.
+"""
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+
+@dataclass
+class Epoch:
+    at_s: float           # when it ended, in seconds from the search's start
+    val_accuracy: float
+    test_accuracy: float
+
+
+@dataclass
+class Trial:
+    run_dir: str
+    params: list[str]     # its overrides, as the sweeper or the peer wrote them
+    started_s: float      # when its run began, in seconds from the search's start
+    epochs: list[Epoch] = field(default_factory=list)
+
+    def epochs_by(self, at_s: float) -> list[Epoch]:
+        return [e for e in self.epochs if e.at_s <= at_s]
+
+
+@dataclass
+class Best:
+    val_accuracy: float
+    test_accuracy: float  # that epoch's test accuracy: reported, never chosen on
+    epoch: int
+    run_dir: str
+    params: list[str]
+
+
+def read_trials(folder: Path, started: float) -> list[Trial]:
+    """Every trial under `folder` whose run began (a status.json), `started` being the search's
+    start as Unix time; a trial stopped before its first epoch has no epochs."""
+    trials = []
+    for status_file in sorted(folder.rglob("status.json")):
+        run_dir = status_file.parent
+        if "refit" in run_dir.relative_to(folder).parts:
+            continue  # a refit of a trial is no trial of the search
+        metrics_file = run_dir / "metrics.json"
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else {"epochs": []}
+        status = json.loads(status_file.read_text())
+        overrides = run_dir / ".hydra" / "overrides.yaml"
+        params = yaml.safe_load(overrides.read_text()) if overrides.is_file() else []
+        trials.append(Trial(str(run_dir), params, status["started"] - started, [
+            Epoch(e["ended_at"] - started, e["val_accuracy"], e["test_accuracy"])
+            for e in metrics["epochs"]]))
+    return sorted(trials, key=lambda t: t.started_s)
+
+
+def best_by(trials: list[Trial], at_s: float) -> Best | None:
+    """The best validation accuracy reported by `at_s` (the first to reach it), or None."""
+    best, first_at = None, None
+    for trial in trials:
+        for number, epoch in enumerate(trial.epochs, start=1):
+            if epoch.at_s > at_s:
+                break
+            if best is None or (epoch.val_accuracy, -epoch.at_s) > (best.val_accuracy, -first_at):
+                best, first_at = Best(epoch.val_accuracy, epoch.test_accuracy, number,
+                                      trial.run_dir, trial.params), epoch.at_s
+    return best
+
+
+def work_by(trials: list[Trial], at_s: float) -> dict:
+    """What a one-trial-at-a-time search had spent by `at_s`: trials started, epochs trained,
+    seconds in its three most expensive trials, and seconds outside any trial's run (start-up,
+    sampling, between trials). A trial runs from its start to its last epoch, or to `at_s` while
+    it has epochs still to come or is the last one started."""
+    begun = [t for t in trials if t.started_s <= at_s]
+
+    def spent(trial: Trial) -> float:
+        done = trial.epochs_by(at_s)
+        running = trial is begun[-1] or len(done) < len(trial.epochs)
+        end = at_s if running else (done[-1].at_s if done else trial.started_s)
+        return end - max(trial.started_s, 0.0)
+
+    seconds = sorted((spent(t) for t in begun), reverse=True)
+    return {"trials": len(begun), "epochs": sum(len(t.epochs_by(at_s)) for t in begun),
+            "top3_trials_s": sum(seconds[:3]), "outside_trials_s": max(at_s - sum(seconds), 0.0)}
+
+
+def curve(trials: list[Trial], times: list[float]) -> list[float | None]:
+    """The best validation accuracy so far at each of `times`."""
+    return [b.val_accuracy if (b := best_by(trials, t)) else None for t in times]
+
+
+def spread(values: list[float | None]) -> tuple[float | None, float | None, float | None]:
+    """(median, min, max) over seeds. A seed with nothing yet ranks lowest, so the median exists
+    once most seeds have a value; an even count takes the lower middle, as `median_index`."""
+    ranked = sorted(values, key=_rank)
+    present = [v for v in ranked if v is not None]
+    return (ranked[(len(ranked) - 1) // 2] if ranked else None,
+            min(present) if present else None, max(present) if present else None)
+
+
+def median_index(values: list[float | None]) -> int:
+    """Which seed's value is the median (the lower middle for an even count)."""
+    order = sorted(range(len(values)), key=lambda i: _rank(values[i]))
+    return order[(len(values) - 1) // 2]
+
+
+def _rank(value: float | None) -> float:
+    return float("-inf") if value is None else value

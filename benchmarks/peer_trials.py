@@ -1,0 +1,70 @@
+"""The one search space and the one trial that every peer of benchmarks/peers.py runs.
+
+The space is `hparams_search=optuna`'s own `hydra.sweeper.params`, read by the stock plugin's
+parser into Optuna distributions, so that Ray Tune and SMAC search exactly what the sweeper does.
+A trial is a parameter set written as the sweeper writes its job overrides (`key=value`), composed
+into the project's config and trained by `mlp_sweep.training.run.train_run`: the same code, the
+same validation split, the same files (`.hydra/config.yaml`, `metrics.json` with each epoch's end
+time), so the benchmark reads every method's trials the same way.
+"""
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import yaml
+from hydra import compose, initialize_config_module
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
+from omegaconf import DictConfig, OmegaConf
+from optuna.distributions import BaseDistribution
+
+from mlp_sweep.training.engine import EpochMetrics
+from mlp_sweep.training.run import train_run
+
+PRESET = "optuna"
+
+
+def compose_trial(overrides: list[str]) -> DictConfig:
+    """The config `python -m mlp_sweep.train hparams_search=PRESET OVERRIDES` trains, with the
+    sweeper's settings (`hydra.sweeper`) kept for the caller to read."""
+    with initialize_config_module(config_module="mlp_sweep.conf", version_base=None):
+        return compose(config_name="train", overrides=[f"hparams_search={PRESET}", *overrides],
+                       return_hydra_config=True)
+
+
+def preset_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], list[str]]:
+    """The preset's search space as Optuna distributions, and the overrides every trial is
+    composed with. As on the sweeper's command line, a sweep override (`model.width=choice(16,32)`)
+    replaces that key's range, and a plain value for a searched key fixes it."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
+    params = {**compose_trial(fixed).hydra.sweeper.params,
+              **{o.get_key_element(): o.input_line.split("=", 1)[1]
+                 for o in parsed if o.is_sweep_override()}}
+    space, _, _ = create_params_from_overrides(
+        [f"{key}={value}" for key, value in params.items()
+         if not any(o.get_key_element() == key for o in parsed if not o.is_sweep_override())])
+    return space, fixed
+
+
+def param_overrides(params: dict) -> list[str]:
+    """A parameter set as the sweeper's job overrides (`activation=gelu`, `model.width=512`)."""
+    return [f"{key}={value}" for key, value in params.items()]
+
+
+def run_trial(run_dir: Path, params: dict, overrides: list[str],
+              on_epoch: Callable[[EpochMetrics], None] | None = None) -> float:
+    """Train `params` (+ the benchmark's `overrides`) into `run_dir` and return the objective.
+
+    The folder gets what a sweep's job folder has, so refit and compare read it as one."""
+    cfg = compose_trial([*overrides, *param_overrides(params)])
+    hydra_dir = run_dir / ".hydra"
+    hydra_dir.mkdir(parents=True, exist_ok=True)
+    job_overrides = [*overrides, *param_overrides(params)]
+    (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(job_overrides))
+    OmegaConf.set_struct(cfg, False)
+    del cfg["hydra"]
+    OmegaConf.save(cfg, hydra_dir / "config.yaml")
+    (run_dir / "params.json").write_text(json.dumps(params))
+    return train_run(cfg, run_dir, on_epoch=on_epoch)

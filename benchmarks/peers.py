@@ -1,0 +1,427 @@
+"""The default search against what its users could run instead: the same space, training code,
+validation split, epochs and wall-clock budget, several seeds each, side by side.
+
+    make bench-peers            (= .venv/bin/python benchmarks/peers.py; about 90 minutes)
+    make bench-peers QUICK=1    (every budget divided by 6: checks that it works)
+
+Methods, each searching hparams_search=optuna's space (benchmarks/peer_trials.py):
+- ours: `--multirun hparams_search=optuna`, as a user runs it;
+- ours, random: the same with hydra/sweeper/sampler=random;
+- stock Hydra sweeper: hydra/sweeper=optuna (TPE, no pruning), the preset's keys and space;
+- Ray Tune: ASHA + OptunaSearch (TPE) on a one-CPU local cluster (benchmarks/peer_ray.py);
+- SMAC3: the multi-fidelity facade, epochs as the budget (benchmarks/peer_smac.py).
+
+Every search runs in its own process group on one core (affinity and one torch thread), two at a
+time, never two of the same method (so never two Ray clusters); each is stopped at its budget, and
+every process it started is stopped by its id. Only epochs that ended within the budget count
+(benchmarks/peer_curves.py). Then the median seed's final best of each method is refitted
+(`python -m mlp_sweep.refit TRIAL_DIR --seeds 1`). Writes benchmarks/results/peers.{json,md} after
+every job, and docs/figures/peers.png at the end (`--report` draws them again from the json).
+"""
+
+import argparse
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime
+from importlib.resources import files
+from pathlib import Path
+
+import psutil
+import torch
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from peer_curves import best_by, curve, median_index, read_trials, spread, work_by  # noqa: E402
+
+BENCHMARKS = Path(__file__).resolve().parent
+PYTHON = sys.executable
+TRAIN = [PYTHON, "-m", "mlp_sweep.train", "--multirun"]
+MARKER = "MLP_SWEEP_PEER_RUN"   # in the environment of every process a search starts
+STOP_GRACE_S = 15               # after its budget a search may end by itself before it is stopped
+CHECKPOINTS_MIN = (2, 5, 10)    # the table's budgets, scaled with the run's budget
+
+Command = Callable[[Path, int, float, list[str]], list[str]]
+
+
+def ours(*extra: str) -> Command:
+    def command(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
+        return [*TRAIN, "hparams_search=optuna", f"hydra.sweeper.timeout={budget:g}",
+                f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweeper.storage=sqlite:///{out}/optuna.db",
+                f"hydra.sweep.dir={out}/sweep", *extra, *overrides]
+    return command
+
+
+def stock_sweeper(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
+    """The stock plugin with the preset's training keys and space; it has no time limit (the
+    benchmark stops it) and no pruning. A later entry for a key replaces an earlier one, as the
+    preset's space replaces its base values and the benchmark's overrides both."""
+    preset = preset_yaml()
+    groups = [f"{key.removeprefix('override /')}={value}" for entry in preset["defaults"]
+              for key, value in entry.items() if not key.startswith("override /hydra")]
+    base = _dotted({k: v for k, v in preset.items() if k not in ("defaults", "hydra")})
+    space = preset["hydra"]["sweeper"]["params"]
+    given = dict(o.split("=", 1) for o in overrides)
+    entries = {**base, **space, **given}
+    return [*TRAIN, "hydra/sweeper=optuna", *groups, *(f"{k}={v}" for k, v in entries.items()),
+            "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=100000",
+            "hydra.sweeper.n_jobs=1", "hydra.sweeper.max_failure_rate=0.3",
+            f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweep.dir={out}/sweep"]
+
+
+def peer_script(name: str) -> Command:
+    def command(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
+        return [PYTHON, str(BENCHMARKS / name), f"--seed={seed}", f"--budget={budget:g}", str(out),
+                *overrides]
+    return command
+
+
+METHODS: dict[str, Command] = {
+    "ours": ours(),
+    "ours, random": ours("hydra/sweeper/sampler=random"),
+    "stock Hydra sweeper": stock_sweeper,
+    "Ray Tune": peer_script("peer_ray.py"),
+    "SMAC3": peer_script("peer_smac.py"),
+}
+
+
+def _dotted(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+@dataclass
+class Job:
+    method: str
+    kind: str                   # "search" or "refit"
+    seed: int | None = None
+    needs: list["Job"] = field(default_factory=list)
+    done: bool = False
+
+    @property
+    def name(self) -> str:
+        return f"{self.method} / seed {self.seed}" if self.kind == "search" else f"refit {self.method}"
+
+
+def next_job(queue: list[Job], running: list[Job]) -> Job | None:
+    """The first queued job whose prerequisites are done and whose method is not running: two
+    searches of one method never share the machine, nor a refit its method's searches."""
+    busy = {job.method for job in running}
+    return next((job for job in queue
+                 if all(n.done for n in job.needs) and job.method not in busy), None)
+
+
+def plan(methods: list[str], seeds: list[int]) -> list[Job]:
+    """Searches seed by seed across the methods, so that side-by-side pairs mix methods; each
+    method's refit once its seeds are done."""
+    searches = {m: [Job(m, "search", s) for s in seeds] for m in methods}
+    order = [searches[m][i] for i in range(len(seeds)) for m in methods]
+    return order + [Job(m, "refit", needs=searches[m]) for m in methods]
+
+
+class Benchmark:
+    def __init__(self, args: argparse.Namespace, scale: float) -> None:
+        self.args, self.scale = args, scale
+        self.budget = 600 * scale
+        self.runs = args.runs.absolute() / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
+        self.overrides = [f"dataset.root={args.data.absolute()}", "trainer.threads=1",
+                          "trainer.progress=false", *args.overrides]
+        self.report = {
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "budget_s": self.budget,
+            "scale": scale, "seeds": args.seeds, "overrides": args.overrides,
+            "runs": str(self.runs), "checkpoints_s": [60 * m * scale for m in CHECKPOINTS_MIN],
+            "methods": {m: {"searches": {}, "refit": None} for m in args.methods}}
+
+    def run(self) -> None:
+        queue, running = plan(self.args.methods, self.args.seeds), []
+        free_cpus = sorted(os.sched_getaffinity(0))[:self.args.slots]
+        while queue or running:
+            while free_cpus and (job := next_job(queue, [r[0] for r in running])):
+                queue.remove(job)
+                cpu = free_cpus.pop(0)
+                running.append((job, cpu, *self.start(job, cpu)))
+            time.sleep(1)
+            for entry in list(running):
+                job, cpu, process, started = entry
+                over = job.kind == "search" and time.time() > started + self.budget + STOP_GRACE_S
+                if process.poll() is None and not over:
+                    continue
+                stop(process, job.name)
+                self.finish(job, started, process.returncode)
+                job.done = True
+                running.remove(entry)
+                free_cpus.append(cpu)
+                self.save()
+
+    def start(self, job: Job, cpu: int) -> tuple[subprocess.Popen, float]:
+        out = self.folder(job)
+        out.mkdir(parents=True, exist_ok=True)
+        if job.kind == "search":
+            command = METHODS[job.method](out, job.seed, self.budget, self.overrides)
+        elif (target := self.refit_target(job.method)) is not None:
+            command = [PYTHON, "-m", "mlp_sweep.refit", target, "--seeds=1"]
+        else:  # no seed reported an epoch: nothing to refit, and the table says so
+            command = [PYTHON, "-c", "raise SystemExit('no epoch within the budget')"]
+        env = {**os.environ, MARKER: job.name, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
+               "PYTHONPATH": os.pathsep.join(filter(None, [str(BENCHMARKS),
+                                                           os.environ.get("PYTHONPATH")]))}
+        print(f"{datetime.now():%H:%M:%S} start {job.name} on cpu {cpu}", flush=True)
+        log = open(out / "command.log", "w")
+        started = time.time()
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                   start_new_session=True,
+                                   preexec_fn=lambda: os.sched_setaffinity(0, {cpu}))
+        log.close()
+        return process, started
+
+    def folder(self, job: Job) -> Path:
+        slug = job.method.replace(", ", "_").replace(" ", "_").lower()
+        return self.runs / (f"{slug}_seed{job.seed}" if job.kind == "search" else f"refit_{slug}")
+
+    def finish(self, job: Job, started: float, returncode: int | None) -> None:
+        method = self.report["methods"][job.method]
+        if job.kind == "search":
+            trials = read_trials(self.folder(job), started)
+            method["searches"][str(job.seed)] = {
+                "returncode": returncode, "wall_s": time.time() - started,
+                "trials": [vars(t) | {"epochs": [vars(e) for e in t.epochs]} for t in trials]}
+            best = best_by(trials, self.budget)
+            print(f"  {job.name}: {len(trials)} trials, best {best and best.val_accuracy}",
+                  flush=True)
+        else:
+            target = self.refit_target(job.method)
+            refit_file = Path(target) / "refit.json" if target else None
+            method["refit"] = json.loads(refit_file.read_text()) if refit_file and refit_file.is_file() else {
+                "failed": f"exit {returncode}; see {self.folder(job) / 'command.log'}"}
+
+    def refit_target(self, method: str) -> str | None:
+        """The final best trial of the method's median seed (None if it has none)."""
+        searches = load_searches(self.report["methods"][method])
+        finals = [best_by(trials, self.budget) for trials in searches.values()]
+        median = finals[median_index([f and f.val_accuracy for f in finals])]
+        return median and median.run_dir
+
+    def save(self) -> None:
+        self.args.out.mkdir(parents=True, exist_ok=True)
+        (self.args.out / f"peers{self.suffix}.json").write_text(json.dumps(self.report, indent=1) + "\n")
+        (self.args.out / f"peers{self.suffix}.md").write_text(markdown(self.report))
+
+    @property
+    def suffix(self) -> str:
+        return "" if self.scale == 1 and not self.args.overrides else "_quick"
+
+
+def stop(process: subprocess.Popen, name: str) -> None:
+    """Stop a search's process group, then any process still carrying its marker (a local Ray
+    cluster's daemons), each by its id."""
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    for leftover in marked_processes(name):
+        leftover.kill()
+        leftover.wait(timeout=10)
+
+
+def marked_processes(name: str) -> list[psutil.Process]:
+    found = []
+    for candidate in psutil.process_iter():
+        try:
+            if candidate.environ().get(MARKER) == name:
+                found.append(candidate)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+    return found
+
+
+def load_searches(method: dict) -> dict[str, list]:
+    from peer_curves import Epoch, Trial
+
+    return {seed: [Trial(**(t | {"epochs": [Epoch(**e) for e in t["epochs"]]}))
+                   for t in search["trials"]] for seed, search in method["searches"].items()}
+
+
+def summarise(report: dict) -> dict:
+    """Per method and checkpoint: best validation accuracy, trials and epochs over seeds."""
+    summary = {}
+    for name, method in report["methods"].items():
+        searches = load_searches(method)
+        rows = {}
+        for at_s in report["checkpoints_s"] + [report["budget_s"]]:
+            bests = [best_by(trials, at_s) for trials in searches.values()]
+            work = [work_by(trials, at_s) for trials in searches.values()]
+            rows[at_s] = {"best": spread([b and b.val_accuracy for b in bests]),
+                          **{k: spread([w[k] for w in work]) for k in work[0]}} if work else None
+        summary[name] = rows
+    return summary
+
+
+def markdown(report: dict) -> str:
+    summary = summarise(report)
+    minutes = lambda s: f"{s / 60:g} min"  # noqa: E731
+    pct = lambda v: "–" if v is None else f"{v:.2%}"  # noqa: E731
+    lines = [f"Machine: {report['machine']}; torch {report['torch']}; {report['date']}; one core "
+             f"per search, two searches side by side; {len(report['seeds'])} seeds per method; "
+             f"budget {minutes(report['budget_s'])} of wall time per search"
+             + (f" (a check: budgets x {report['scale']:.3g}, overrides {report['overrides']})"
+                if report["scale"] != 1 or report["overrides"] else ""), "",
+             "Best validation accuracy so far, median (min–max) over seeds, with the trials run and "
+             "epochs trained by then (medians):", "",
+             "| method | " + " | ".join(minutes(s) for s in report["checkpoints_s"]) + " |",
+             "| --- |" + " ---: |" * len(report["checkpoints_s"])]
+    for name, rows in summary.items():
+        cells = []
+        for at_s in report["checkpoints_s"]:
+            row = rows[at_s]
+            if row is None:
+                cells.append("")
+                continue
+            median, low, high = row["best"]
+            cells.append(f"{pct(median)} ({pct(low)}–{pct(high)}); "
+                         f"{row['trials'][0]:.0f} trials, {row['epochs'][0]:.0f} epochs")
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"Where the time went by {minutes(report['budget_s'])} (medians over seeds): "
+              "seconds in the three most expensive trials, and outside any trial's run (start-up, "
+              "sampling, between trials):", "",
+              "| method | trials | epochs | top-3 trials (s) | outside trials (s) |",
+              "| --- | ---: | ---: | ---: | ---: |"]
+    for name, rows in summary.items():
+        row = rows[report["budget_s"]]
+        if row:
+            lines.append(f"| {name} | {row['trials'][0]:.0f} | {row['epochs'][0]:.0f} | "
+                         f"{row['top3_trials_s'][0]:.0f} | {row['outside_trials_s'][0]:.0f} |")
+    lines += ["", "The final best of each method's median seed: its validation accuracy (what chose "
+              "it), that epoch's test accuracy, and the refit (the trial's config trained on all "
+              "60000 training images, `python -m mlp_sweep.refit TRIAL_DIR --seeds 1`):", "",
+              "| method | seed | best val | its test | refit test | epochs | trial |",
+              "| --- | ---: | ---: | ---: | ---: | ---: | --- |"]
+    for name, method in report["methods"].items():
+        searches = load_searches(method)
+        if not searches:
+            continue
+        seeds = list(searches)
+        finals = [best_by(searches[s], report["budget_s"]) for s in seeds]
+        index = median_index([f and f.val_accuracy for f in finals])
+        final, refit = finals[index], method.get("refit") or {}
+        if final is None:
+            continue
+        refit_text = pct(refit["test_accuracy_mean"]) if "test_accuracy_mean" in refit else \
+            refit.get("failed", "")
+        lines.append(f"| {name} | {seeds[index]} | {pct(final.val_accuracy)} | "
+                     f"{pct(final.test_accuracy)} | {refit_text} | {refit.get('epochs', '')} | "
+                     f"{searched_params(final.params)} |")
+    return "\n".join(lines) + "\n"
+
+
+def searched_params(overrides: list[str]) -> str:
+    """A trial's searched values, short: `model.depth=2 model.width=256 optimizer.lr=0.003 ...`."""
+    space = preset_yaml()["hydra"]["sweeper"]["params"]
+    shown = {}
+    for override in overrides:
+        key, _, value = override.partition("=")
+        if key in space:
+            try:
+                value = f"{float(value):.3g}" if "." in value or "e" in value else value
+            except ValueError:
+                pass
+            shown[key] = value
+    return " ".join(f"{key}={value}" for key, value in shown.items())
+
+
+def preset_yaml() -> dict:
+    return yaml.safe_load((files("mlp_sweep.conf") / "hparams_search" / "optuna.yaml").read_text())
+
+
+def figure(report: dict, path: Path) -> None:
+    """Best validation accuracy so far against minutes: per method the median and the min–max
+    band over seeds, with ours' lead over the best other median at each checkpoint."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    budget = report["budget_s"]
+    times = [budget * i / 240 for i in range(1, 241)]
+    fig, ax = plt.subplots(figsize=(9, 5.5), constrained_layout=True)
+    medians = {}
+    for name, method in report["methods"].items():
+        curves = [curve(trials, times) for trials in load_searches(method).values()]
+        if not curves:
+            continue
+        spreads = [spread([c[i] for c in curves]) for i in range(len(times))]
+        shown = [(t / 60, *(100 * v if v is not None else float("nan") for v in s))
+                 for t, s in zip(times, spreads)]
+        x, mid, low, high = zip(*shown)
+        line, = ax.step(x, mid, where="post", label=name, linewidth=2 if name == "ours" else 1.3)
+        ax.fill_between(x, low, high, step="post", alpha=0.15, color=line.get_color())
+        medians[name] = dict(zip(times, mid))
+    # From the lowest median a fifth into the budget: the first minute's climb would flatten the
+    # differences that matter.
+    shown = [v for m in medians.values() for t, v in m.items() if t >= budget / 5 and v == v]
+    if shown:
+        ax.set_ylim(max(min(shown) - 0.3, 90), max(shown) + 0.15)
+    for at_s in report["checkpoints_s"]:
+        ax.axvline(at_s / 60, color="grey", linestyle=":", linewidth=1)
+        if "ours" in medians and len(medians) > 1:
+            at = min(times, key=lambda t: abs(t - at_s))
+            others = [m[at] for n, m in medians.items() if n != "ours" and m[at] == m[at]]
+            if others and medians["ours"][at] == medians["ours"][at]:
+                lead = medians["ours"][at] - max(others)
+                ax.annotate(f"ours {lead:+.2f} pt", (at_s / 60, ax.get_ylim()[0]),
+                            xytext=(3, 6), textcoords="offset points", fontsize=8,
+                            color="green" if lead > 0 else "red")
+    ax.set_xlabel("minutes of wall time (one core per search)")
+    ax.set_ylabel("best validation accuracy so far (%)")
+    ax.set_title(f"Best so far on hparams_search=optuna's space: median and min–max over "
+                 f"{len(report['seeds'])} seeds")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("data"))
+    parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
+    parser.add_argument("--figure", type=Path, default=Path("docs/figures/peers.png"))
+    parser.add_argument("--runs", type=Path, default=Path("multirun/bench-peers"),
+                        help="where the searches' folders go")
+    parser.add_argument("--quick", action="store_true", help="every budget divided by 6")
+    parser.add_argument("--scale", type=float, help="every budget multiplied by this")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
+    parser.add_argument("--slots", type=int, default=2, help="searches side by side, one core each")
+    parser.add_argument("--report", type=Path, help="draw the table and figure again from this json")
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides for every trial")
+    args = parser.parse_args()
+    if args.report:
+        report = json.loads(args.report.read_text())
+        print(markdown(report))
+        figure(report, args.figure)
+        return
+    benchmark = Benchmark(args, args.scale or (1 / 6 if args.quick else 1))
+    benchmark.run()
+    print(markdown(benchmark.report))
+    figure(benchmark.report, args.figure if benchmark.suffix == "" else
+           args.figure.with_name(f"peers{benchmark.suffix}.png"))
+
+
+if __name__ == "__main__":
+    main()
