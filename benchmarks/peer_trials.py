@@ -8,8 +8,10 @@ same validation split, the same files (`.hydra/config.yaml`, `metrics.json` with
 time), so the benchmark reads every method's trials the same way.
 """
 
+import argparse
 import json
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -68,3 +70,26 @@ def run_trial(run_dir: Path, params: dict, overrides: list[str],
     OmegaConf.save(cfg, hydra_dir / "config.yaml")
     (run_dir / "params.json").write_text(json.dumps(params))
     return train_run(cfg, run_dir, on_epoch=on_epoch)
+
+
+@dataclass
+class PeerSearch:
+    """What a peer's command line asks for: `SCRIPT --seed S --budget SECONDS OUT [OVERRIDES]`."""
+    out: Path
+    seed: int
+    budget_s: float
+    space: dict[str, BaseDistribution]
+    overrides: list[str]  # every trial's, the space's own keys left out
+    max_epochs: int
+
+
+def peer_search(description: str) -> PeerSearch:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--seed", type=int, required=True)
+    parser.add_argument("--budget", type=float, required=True, help="seconds")
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+    space, overrides = preset_space(args.overrides)
+    return PeerSearch(args.out.absolute(), args.seed, args.budget, space, overrides,
+                      int(compose_trial(overrides).trainer.epochs))

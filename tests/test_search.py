@@ -147,6 +147,14 @@ def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_
     [study] = json.loads((tmp_path / "c.json").read_text())["studies"]
     assert study["refit"] == summary
 
+    # A trial's own folder refits that trial, best or not, into its own folder.
+    other = next(p for p in sweep.iterdir() if p.name.isdigit() and str(p) != best["run_dir"])
+    refit = refit_cli(str(other), "--seeds", "1", cwd=tmp_path)
+    assert refit.returncode == 0, refit.stderr
+    summary = json.loads((other / "refit.json").read_text())
+    assert summary["trial_dir"] == str(other) and summary["seeds"] == [0]
+    assert (other / "refit" / "seed_0" / "metrics.json").is_file()
+
 
 def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_root):
     result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
