@@ -43,5 +43,5 @@ bench-sweeps: $(INSTALLED)   ## pruning and parallel-trial gains of the Optuna s
 bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, refits included (about 75 minutes; QUICK=1: 13)
 	$(PY) benchmarks/search.py $(if $(QUICK),--quick)
 
-bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 90 minutes; QUICK=1: 20)
+bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 95 minutes; QUICK=1: about 30)
 	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)

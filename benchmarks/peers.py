@@ -1,7 +1,7 @@
 """The default search against what its users could run instead: the same space, training code,
 validation split, epochs and wall-clock budget, several seeds each, side by side.
 
-    make bench-peers            (= .venv/bin/python benchmarks/peers.py; about 90 minutes)
+    make bench-peers            (= .venv/bin/python benchmarks/peers.py; about 95 minutes)
     make bench-peers QUICK=1    (every budget divided by 6: checks that it works)
 
 Methods, each searching hparams_search=optuna's space (benchmarks/peer_trials.py):
