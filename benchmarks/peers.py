@@ -38,7 +38,8 @@ import torch
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_curves import best_by, curve, median_index, read_trials, spread, work_by  # noqa: E402
+from peer_curves import (Epoch, Trial, best_by, curve, median_index, read_trials,  # noqa: E402
+                         spread, work_by)
 
 BENCHMARKS = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -203,8 +204,9 @@ class Benchmark:
         else:
             target = self.refit_target(job.method)
             refit_file = Path(target) / "refit.json" if target else None
-            method["refit"] = json.loads(refit_file.read_text()) if refit_file and refit_file.is_file() else {
-                "failed": f"exit {returncode}; see {self.folder(job) / 'command.log'}"}
+            method["refit"] = (json.loads(refit_file.read_text())
+                               if refit_file and refit_file.is_file() else
+                               {"failed": f"exit {returncode}; see {self.folder(job) / 'command.log'}"})
 
     def refit_target(self, method: str) -> str | None:
         """The final best trial of the method's median seed (None if it has none)."""
@@ -249,9 +251,8 @@ def marked_processes(name: str) -> list[psutil.Process]:
     return found
 
 
-def load_searches(method: dict) -> dict[str, list]:
-    from peer_curves import Epoch, Trial
-
+def load_searches(method: dict) -> dict[str, list[Trial]]:
+    """A method's recorded searches, by seed, as trials again."""
     return {seed: [Trial(**(t | {"epochs": [Epoch(**e) for e in t["epochs"]]}))
                    for t in search["trials"]] for seed, search in method["searches"].items()}
 
