@@ -30,7 +30,7 @@ PRESET = "optuna"
 def compose_trial(overrides: list[str]) -> DictConfig:
     """The config `python -m mlp_sweep.train hparams_search=PRESET OVERRIDES` trains, with the
     sweeper's settings (`hydra.sweeper`) kept for the caller to read."""
-    with initialize_config_module(config_module="mlp_sweep.conf", version_base=None):
+    with initialize_config_module(config_module="mlp_sweep.conf"):
         return compose(config_name="train", overrides=[f"hparams_search={PRESET}", *overrides],
                        return_hydra_config=True)
 
@@ -40,14 +40,14 @@ def preset_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], lis
     composed with. As on the sweeper's command line, a sweep override (`model.width=choice(16,32)`)
     replaces that key's range, and a plain value for a searched key fixes it."""
     parsed = OverridesParser.create().parse_overrides(list(overrides))
-    fixed = [o.input_line for o in parsed if not o.is_sweep_override()]
-    params = {**compose_trial(fixed).hydra.sweeper.params,
+    fixed = [o for o in parsed if not o.is_sweep_override()]
+    fixed_keys = {o.get_key_element() for o in fixed}
+    params = {**compose_trial([o.input_line for o in fixed]).hydra.sweeper.params,
               **{o.get_key_element(): o.input_line.split("=", 1)[1]
                  for o in parsed if o.is_sweep_override()}}
     space, _, _ = create_params_from_overrides(
-        [f"{key}={value}" for key, value in params.items()
-         if not any(o.get_key_element() == key for o in parsed if not o.is_sweep_override())])
-    return space, fixed
+        [f"{key}={value}" for key, value in params.items() if key not in fixed_keys])
+    return space, [o.input_line for o in fixed]
 
 
 def param_overrides(params: dict) -> list[str]:
@@ -60,10 +60,10 @@ def run_trial(run_dir: Path, params: dict, overrides: list[str],
     """Train `params` (+ the benchmark's `overrides`) into `run_dir` and return the objective.
 
     The folder gets what a sweep's job folder has, so refit and compare read it as one."""
-    cfg = compose_trial([*overrides, *param_overrides(params)])
+    job_overrides = [*overrides, *param_overrides(params)]
+    cfg = compose_trial(job_overrides)
     hydra_dir = run_dir / ".hydra"
     hydra_dir.mkdir(parents=True, exist_ok=True)
-    job_overrides = [*overrides, *param_overrides(params)]
     (hydra_dir / "overrides.yaml").write_text(yaml.safe_dump(job_overrides))
     OmegaConf.set_struct(cfg, False)
     del cfg["hydra"]

@@ -37,6 +37,8 @@ import psutil
 import torch
 import yaml
 
+from mlp_sweep.training.config import flatten
+
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_curves import (Epoch, Trial, best_by, curve, median_index, read_trials,  # noqa: E402
                          spread, work_by)
@@ -66,7 +68,7 @@ def stock_sweeper(out: Path, seed: int, budget: float, overrides: list[str]) -> 
     preset = preset_yaml()
     groups = [f"{key.removeprefix('override /')}={value}" for entry in preset["defaults"]
               for key, value in entry.items() if not key.startswith("override /hydra")]
-    base = _dotted({k: v for k, v in preset.items() if k not in ("defaults", "hydra")})
+    base = flatten({k: v for k, v in preset.items() if k not in ("defaults", "hydra")})
     space = preset["hydra"]["sweeper"]["params"]
     given = dict(o.split("=", 1) for o in overrides)
     entries = {**base, **space, **given}
@@ -90,16 +92,6 @@ METHODS: dict[str, Command] = {
     "Ray Tune": peer_script("peer_ray.py"),
     "SMAC3": peer_script("peer_smac.py"),
 }
-
-
-def _dotted(tree: dict, prefix: str = "") -> dict:
-    flat = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 @dataclass
