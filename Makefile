@@ -1,5 +1,6 @@
 # make train   - set up .venv if missing, get MNIST, train the default model (ARGS=... adds overrides)
-# make test    - set up .venv if missing, run the test suite
+# make test    - set up .venv if missing, run every test
+# make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
 # make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1] - the
 #              benchmarks in benchmarks/ (bench-peers and the tests also install the bench extra)
@@ -9,7 +10,7 @@ PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
 BENCH_INSTALLED := $(VENV)/.installed-bench
 
-.PHONY: install train test
+.PHONY: install train test test-fast
 
 install: $(INSTALLED)
 
@@ -27,6 +28,9 @@ train: $(INSTALLED)
 
 test: $(BENCH_INSTALLED)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: $(BENCH_INSTALLED)
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: sweep
 WORKERS ?= 2

@@ -17,10 +17,10 @@ from pathlib import Path
 import yaml
 from hydra import compose, initialize_config_module
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from hydra_plugins.hydra_optuna_sweeper._impl import create_params_from_overrides
 from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 
+from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
 from mlp_sweep.training.engine import EpochMetrics
 from mlp_sweep.training.run import train_run
 
@@ -45,7 +45,7 @@ def preset_space(overrides: list[str]) -> tuple[dict[str, BaseDistribution], lis
     params = {**compose_trial([o.input_line for o in fixed]).hydra.sweeper.params,
               **{o.get_key_element(): o.input_line.split("=", 1)[1]
                  for o in parsed if o.is_sweep_override()}}
-    space, _, _ = create_params_from_overrides(
+    space, _, _ = parse_sweep_overrides(
         [f"{key}={value}" for key, value in params.items() if key not in fixed_keys])
     return space, [o.input_line for o in fixed]
 

@@ -37,7 +37,7 @@ import psutil
 import torch
 import yaml
 
-from mlp_sweep.training.config import flatten
+from mlp_sweep.values import flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from peer_curves import (Epoch, Trial, best_by, curve, median_index, read_trials,  # noqa: E402
@@ -65,11 +65,14 @@ def stock_sweeper(out: Path, seed: int, budget: float, overrides: list[str]) -> 
     """The stock plugin with the preset's training keys and space; it has no time limit (the
     benchmark stops it) and no pruning. A later entry for a key replaces an earlier one, as the
     preset's space replaces its base values and the benchmark's overrides both."""
-    preset = preset_yaml()
-    groups = [f"{key.removeprefix('override /')}={value}" for entry in preset["defaults"]
+    layers = preset_layers()
+    groups = [f"{key.removeprefix('override /')}={value}" for layer in layers
+              for entry in layer.get("defaults", []) if isinstance(entry, dict)
               for key, value in entry.items() if not key.startswith("override /hydra")]
-    base = flatten({k: v for k, v in preset.items() if k not in ("defaults", "hydra")})
-    space = preset["hydra"]["sweeper"]["params"]
+    base = {key: value for layer in layers
+            for key, value in flatten({k: v for k, v in layer.items()
+                                       if k not in ("defaults", "hydra")}).items()}
+    space = layers[-1]["hydra"]["sweeper"]["params"]
     given = dict(o.split("=", 1) for o in overrides)
     entries = {**base, **space, **given}
     return [*TRAIN, "hydra/sweeper=optuna", *groups, *(f"{k}={v}" for k, v in entries.items()),
@@ -323,7 +326,7 @@ def markdown(report: dict) -> str:
 
 def searched_params(overrides: list[str]) -> str:
     """A trial's searched values, short: `model.depth=2 model.width=256 optimizer.lr=0.003 ...`."""
-    space = preset_yaml()["hydra"]["sweeper"]["params"]
+    space = preset_layers()[-1]["hydra"]["sweeper"]["params"]
     shown = {}
     for override in overrides:
         key, _, value = override.partition("=")
@@ -336,8 +339,13 @@ def searched_params(overrides: list[str]) -> str:
     return " ".join(f"{key}={value}" for key, value in shown.items())
 
 
-def preset_yaml() -> dict:
-    return yaml.safe_load((files("mlp_sweep.conf") / "hparams_search" / "optuna.yaml").read_text())
+def preset_layers(name: str = "optuna") -> list[dict]:
+    """The preset's file after the files its defaults list names in its own group
+    (base/optuna_study), as Hydra merges them."""
+    folder = files("mlp_sweep.conf") / "hparams_search"
+    preset = yaml.safe_load((folder / f"{name}.yaml").read_text())
+    bases = [entry for entry in preset.get("defaults", []) if isinstance(entry, str)]
+    return [layer for base in bases for layer in preset_layers(base)] + [preset]
 
 
 def figure(report: dict, path: Path) -> None:

@@ -31,7 +31,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from mlp_sweep.analysis.refit import refit
+from mlp_sweep.analysis.refit_best import refit
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train"]
 SEEDS = 3

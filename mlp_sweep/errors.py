@@ -1,4 +1,4 @@
-"""Errors a user can fix: reported as one line, never as a traceback."""
+"""Errors a user can fix, and the one line every command prints for them (never a traceback)."""
 
 
 class UserError(Exception):
@@ -15,3 +15,17 @@ class DataError(UserError):
 
 class MissingExtraError(UserError):
     """The config asks for an optional dependency (a pip extra) that is not installed."""
+
+
+def error_line(error: BaseException) -> str:
+    """What a command prints when it stops on `error`: `Error: ` and the message."""
+    return f"Error: {error}"
+
+
+def first_line(error: BaseException, with_type: bool = True) -> str:
+    """An exception as one line, for a message that quotes it: its type and the first line of
+    its text (a database's or a parser's text runs over many)."""
+    lines = str(error).strip().splitlines()
+    if not lines:
+        return type(error).__name__
+    return f"{type(error).__name__}: {lines[0]}" if with_type else lines[0]

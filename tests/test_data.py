@@ -12,7 +12,7 @@ from mlp_sweep.errors import DataError
 from mlp_sweep.training import data, mnist_package_index
 from mlp_sweep.training.idx import check_idx, md5_of, write_idx
 
-from conftest import compose_config
+from conftest import compose_config, write_fashion_mnist
 
 RAW_NAMES = list(mnist_package_index.RAW_MD5)
 
@@ -139,19 +139,6 @@ def test_package_index_pickle_may_only_build_numpy_arrays():
 
     with pytest.raises(pickle.UnpicklingError, match="refusing to load builtins.print"):
         mnist_package_index._NumpyArraysOnly(__import__("io").BytesIO(pickle.dumps(Boom()))).load()
-
-
-def write_fashion_mnist(root, n_train: int, n_test: int) -> np.ndarray:
-    """Small Fashion-MNIST IDX files under root, labels 0..9 in turn; returns the training images
-    (the test images are their first n_test)."""
-    raw = root / "FashionMNIST" / "raw"
-    raw.mkdir(parents=True)
-    train = np.random.default_rng(0).integers(0, 256, (n_train, 28, 28), dtype=np.uint8)
-    write_idx(raw / "train-images-idx3-ubyte", train)
-    write_idx(raw / "train-labels-idx1-ubyte", np.arange(n_train, dtype=np.uint8) % 10)
-    write_idx(raw / "t10k-images-idx3-ubyte", train[:n_test])
-    write_idx(raw / "t10k-labels-idx1-ubyte", np.arange(n_test, dtype=np.uint8) % 10)
-    return train
 
 
 def test_fashion_mnist_loads_through_torchvision_from_idx_files(tmp_path, fresh_memory):

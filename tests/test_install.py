@@ -138,15 +138,3 @@ def test_a_missing_extra_names_the_requirement_to_install_from_a_wheel(installed
     assert done.returncode == 1
     assert ("Error: logger=mlflow needs MLflow (No module named 'mlflow'); install it with: "
             f"pip install '{requirement}'") in done.stdout, done.stdout + done.stderr
-
-
-def test_workers_refuse_a_config_dir_that_is_not_a_folder(tmp_path, capsys, monkeypatch):
-    from mlp_sweep.sweeping.workers import main
-
-    monkeypatch.chdir(tmp_path)  # where the default journal study would be created
-    missing = tmp_path / "no_such_folder"
-    assert main(["1", "--config-dir", str(missing), "hparams_search=optuna_course"]) == 1
-    err = capsys.readouterr().err.strip()
-    assert err == (f"Error: --config-dir {missing} is not a folder; allowed: a folder of config "
-                   "groups to add to the search path")
-    assert not (tmp_path / "multirun").exists() and not missing.exists()

@@ -12,13 +12,12 @@ import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
-from test_data import write_cifar10, write_fashion_mnist
+from test_data import write_cifar10
 
 from mlp_sweep.sweeping.storage import load_study
 
-from conftest import CONF_DIR, run_cli
+from conftest import CONF_DIR, run_cli, write_fashion_mnist
 
-pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000",
@@ -174,6 +173,7 @@ def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_
         assert bad.returncode == 1 and "allowed:" in bad.stderr and "Traceback" not in bad.stderr
 
 
+@pytest.mark.slow  # the command line end to end
 def test_fashion_mnist_search_runs_the_preset_on_files_in_the_real_format(tmp_path):
     write_fashion_mnist(tmp_path / "data", 300, 100)
     storage = f"sqlite:///{tmp_path}/optuna.db"
@@ -199,6 +199,7 @@ runpy.run_module("mlp_sweep.train", run_name="__main__")  # as python -m mlp_swe
 """
 
 
+@pytest.mark.slow  # the command line end to end
 def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path):
     import hashlib
 

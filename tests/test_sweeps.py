@@ -18,14 +18,13 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.sweeping.optuna_sweep import counted
+from mlp_sweep.sweeping.resume import counted
 from mlp_sweep.sweeping.search_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.train import train
 
 from conftest import compose_config, run_cli
 
-pytestmark = pytest.mark.slow
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000",
@@ -225,6 +224,37 @@ def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, p
     assert_each_trial_once(postgres_url, name, 9, workers=3)
 
 
+def fresh_database(url: str) -> str:
+    """A new, empty database on the server at `url`, and its URL."""
+    import sqlalchemy
+
+    name = f"fresh_{uuid.uuid4().hex[:8]}"
+    engine = sqlalchemy.create_engine(url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as connection:
+        connection.execute(sqlalchemy.text(f"CREATE DATABASE {name}"))
+    engine.dispose()
+    return sqlalchemy.engine.make_url(url).set(database=name).render_as_string(hide_password=False)
+
+
+@pytest.mark.slow  # a PostgreSQL server
+def test_sweeps_started_together_on_a_fresh_postgresql_database_all_run(tmp_path, postgres_url):
+    # As the README's many-hosts mode starts them: every process finds no tables and creates
+    # Optuna's schema; those that lose the race must find it made, not fail.
+    storage = fresh_database(postgres_url)
+    app = Path(__file__).resolve().parent / "sweeper_app" / "sphere.py"
+    processes = [subprocess.Popen(
+        [sys.executable, str(app), "--multirun", f"hydra.sweep.dir={tmp_path}/sweep_{k}",
+         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8",
+         f"hydra.sweeper.sampler.seed={k}"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        for k in range(4)]
+    outputs = [process.communicate(timeout=300)[0] for process in processes]
+    for process, output in zip(processes, outputs):
+        assert process.returncode == 0, output
+    trials = optuna.load_study(study_name="sphere", storage=storage).trials
+    assert [t.state for t in trials].count(TrialState.COMPLETE) == 8  # the study's n_trials
+
+
 def test_validation_objective_is_returned_and_test_accuracy_still_recorded(tmp_path, mnist_root):
     cfg = compose_config(f"dataset.root={mnist_root}", "objective=val_accuracy",
                          "dataset.val_size=1000", "trainer.epochs=1", *SMALL)
@@ -312,14 +342,15 @@ def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path,
         cwd=tmp_path, env={**os.environ, "MLP_SWEEP_HOST": "other-host"},
         stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     deadline = time.time() + 240
-    while not trials_of(postgres_url, name) and time.time() < deadline:
+    watched = load_study(name, postgres_url)  # one connection for all the polling below
+    while not watched.get_trials(deepcopy=False) and time.time() < deadline:
         time.sleep(0.05)  # the victim asks first, so the survivor's trial is the other one
     survivor = subprocess.Popen(
         [sys.executable, "-m", "mlp_sweep.train", *args, "hydra.sweeper.sampler.seed=2"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = None
     while victim is None and time.time() < deadline:  # kill it in the middle of its trial
-        running = [t for t in trials_of(postgres_url, name) if t.state == TrialState.RUNNING
+        running = [t for t in watched.get_trials(deepcopy=False) if t.state == TrialState.RUNNING
                    and str(t.user_attrs.get("worker", "")).startswith("other-host:")
                    and t.intermediate_values]
         victim = running[0] if running else None
@@ -338,6 +369,7 @@ def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path,
     assert retry.params == victim.params and retry.user_attrs["worker"] != victim.user_attrs["worker"]
 
 
+@pytest.mark.slow  # workers, one killed
 def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_retried(
         tmp_path, mnist_root, postgres_url):
     name = f"heartbeat_{uuid.uuid4().hex[:8]}"
@@ -356,8 +388,9 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
             stdout=subprocess.DEVNULL if label else subprocess.PIPE, stderr=subprocess.STDOUT,
             text=True)
     victim, deadline = None, time.time() + 240
+    watched = load_study(name, postgres_url)  # one connection for all the polling below
     while victim is None and time.time() < deadline:  # kill it in the middle of a trial
-        running = [t for t in trials_of(postgres_url, name) if t.state == TrialState.RUNNING
+        running = [t for t in watched.get_trials(deepcopy=False) if t.state == TrialState.RUNNING
                    and str(t.user_attrs.get("worker", "")).startswith("other-host:")
                    and t.intermediate_values]  # training: its first epoch is reported
         victim = running[0] if running else None
@@ -384,3 +417,15 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
                            cwd=tmp_path, capture_output=True, text=True, timeout=120)
     assert shown.returncode == 0, shown.stderr
     assert f"its worker stopped sending heartbeats; run again as trial {retry.number}" in shown.stdout
+
+
+def test_workers_refuse_a_config_dir_that_is_not_a_folder(tmp_path, capsys, monkeypatch):
+    from mlp_sweep.workers import main
+
+    monkeypatch.chdir(tmp_path)  # where the default journal study would be created
+    missing = tmp_path / "no_such_folder"
+    assert main(["1", "--config-dir", str(missing), "hparams_search=optuna_course"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == (f"Error: --config-dir {missing} is not a folder; allowed: a folder of config "
+                   "groups to add to the search path")
+    assert not (tmp_path / "multirun").exists() and not missing.exists()

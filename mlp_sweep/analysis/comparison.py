@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from mlp_sweep.analysis.runs import Run, find_runs, read_run
 from mlp_sweep.analysis.study import StudyRecord, read_studies
 from mlp_sweep.errors import UserError
+from mlp_sweep.values import is_number
 
 
 @dataclass
@@ -149,10 +150,6 @@ def _check_metric(runs: list[Run], metric: str) -> None:
     available = _metric_keys(runs)
     if available and metric not in available:
         raise UserError(f"--metric {metric!r} is not in metrics.json; allowed: {', '.join(sorted(available))}")
-
-
-def is_number(value) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def fmt(value) -> str:

@@ -8,20 +8,22 @@ import base64
 import html
 import math
 import random
+import warnings
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")  # files only: no display needed, none opened
 import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.cm import ScalarMappable  # noqa: E402
-from matplotlib.colors import Normalize  # noqa: E402
+import optuna  # noqa: E402
+import optuna.visualization.matplotlib as plots  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from mlp_sweep.analysis.comparison import Comparison, Row, fmt, is_number  # noqa: E402
-from mlp_sweep.analysis.study import IMPORTANCE_EVALUATOR, StudyRecord  # noqa: E402
+from mlp_sweep.analysis.comparison import Comparison, Row, fmt  # noqa: E402
+from mlp_sweep.analysis.study import StudyRecord, importance_evaluator  # noqa: E402
 from mlp_sweep.analysis.table import table_records  # noqa: E402
+from mlp_sweep.values import is_number  # noqa: E402
 
 TOP_CURVES = 6
 
@@ -40,14 +42,38 @@ def write_figures(comparison: Comparison, folder: Path | None) -> list[Path]:
             continue  # set in only some runs (e.g. one optimizer's option): nothing to compare
         figures.append(_metric_against(comparison, key, folder / f"{comparison.metric}_vs_{_safe(key)}.png"))
     for i, study in enumerate(comparison.studies):
-        figures.append(_optuna_history(study.history(runs, comparison.metric), study.name,
-                                       comparison.metric, folder / f"optuna_history_{i}.png"))
+        history = folder / f"optuna_history_{i}.png"
+        if study.study is not None:
+            figures.append(_save(optuna_figure(plots.plot_optimization_history, study.study), history))
+        else:
+            figures.append(_history_from_folders(study.history(runs, comparison.metric),
+                                                 study.name, comparison.metric, history))
         if study.importances:
             figures.append(_save(importances_figure(study), folder / f"importances_{i}.png"))
-        if _parallel_axes(study.completed_trials()):
-            figures.append(_save(parallel_coordinates_figure(study, _objective_name(runs, study)),
+        if _varied_params(study.completed_trials()):
+            figures.append(_save(parallel_coordinates_figure(study),
                                  folder / f"parallel_coordinates_{i}.png"))
     return figures
+
+
+def optuna_figure(plot, study, **options) -> Figure:
+    """One of Optuna's own matplotlib figures (optuna.visualization.matplotlib) of `study`."""
+    with warnings.catch_warnings():  # Optuna marks its matplotlib backend experimental
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return plot(study, **options).figure
+
+
+def importances_figure(study: StudyRecord) -> Figure:
+    """Optuna's importance bars, with the evaluator whose numbers compare prints."""
+    return optuna_figure(plots.plot_param_importances, study.study,
+                         evaluator=importance_evaluator())
+
+
+def parallel_coordinates_figure(study: StudyRecord) -> Figure:
+    """Optuna's parallel coordinates of the completed trials over the parameters that vary; a
+    parameter a trial did not have (momentum for an adam trial) sits at its axis' "missing" mark."""
+    return optuna_figure(plots.plot_parallel_coordinate, study.study,
+                         params=_varied_params(study.completed_trials()))
 
 
 def write_html(comparison: Comparison, figures: list[Path], path: Path, table_text: str) -> None:
@@ -169,8 +195,10 @@ def _metric_against(comparison: Comparison, key: str, path: Path) -> Path:
     return _save(fig, path)
 
 
-def _optuna_history(history: list[tuple[int, float | None]], name: str | None, metric: str,
-                    path: Path) -> Path:
+def _history_from_folders(history: list[tuple[int, float | None]], name: str | None, metric: str,
+                            path: Path) -> Path:
+    """A sweep whose study was in memory, from its job folders (Optuna's own plot needs the
+    study, which ended with the sweep)."""
     scale = 100 if _percent(metric) else 1
     done = [(n, v * scale) for n, v in history if v is not None]
     failed = [n for n, v in history if v is None]
@@ -193,116 +221,15 @@ def _optuna_history(history: list[tuple[int, float | None]], name: str | None, m
     return _save(fig, path)
 
 
-def importances_figure(study: StudyRecord) -> Figure:
-    """Horizontal bars of `study.importances` (which must be set), the most important on top."""
-    names, values = list(study.importances)[::-1], list(study.importances.values())[::-1]
-    fig, ax = plt.subplots(figsize=(7, 1.2 + 0.4 * len(names)))
-    bars = ax.barh(names, values, color="tab:blue")
-    ax.bar_label(bars, fmt="%.3f", padding=3, fontsize=8)
-    ax.set_xlim(0, max(values) * 1.15 or 1)
-    ax.set(title=f"Parameter importances ({IMPORTANCE_EVALUATOR}, {len(study.completed_trials())} "
-                 f"completed trials): {study.name}", xlabel="importance (they sum to 1)")
-    ax.grid(axis="x", alpha=0.3)
-    return fig
 
-
-def parallel_coordinates_figure(study: StudyRecord, objective: str) -> Figure:
-    """One line per completed trial across the searched parameters that vary, each axis scaled to
-    [0, 1] and labelled in its own units. Lines are labelled "trial N" (y is NaN on the axis of a
-    parameter the trial lacks: momentum for an adam trial) and coloured by the trial's value."""
-    trials = study.completed_trials()
-    axes = _parallel_axes(trials, list(study.importances or ()))
-    values = [t.value for t in trials]
-    norm = Normalize(min(values), max(values))
-    cmap = plt.get_cmap("viridis")
-    fig, ax = plt.subplots(figsize=(max(7, 1.6 * len(axes) + 2), 5))
-    maximise = study.study is None or study.study.direction.name == "MAXIMIZE"
-    # The best trials are drawn last, on top of the others.
-    for trial in sorted(trials, key=lambda t: t.value, reverse=not maximise):
-        ys = [axis.position(trial.params.get(axis.name)) for axis in axes]
-        color = cmap(norm(trial.value))
-        ax.plot(range(len(axes)), ys, color=color, alpha=0.8, linewidth=1.5,
-                marker="o", markersize=3, label=f"trial {trial.number}")
-        # Over an axis the trial lacks, a dotted line with no marker: no value there, but the
-        # trial's line still reaches its next parameter.
-        present = [i for i, y in enumerate(ys) if not math.isnan(y)]
-        for i, j in zip(present, present[1:]):
-            if j > i + 1:
-                ax.plot([i, j], [ys[i], ys[j]], color=color, alpha=0.6, linewidth=1, linestyle=":")
-    ax.vlines(range(len(axes)), 0, 1, color="grey", linewidth=1)
-    for i, axis in enumerate(axes):
-        for position, label in axis.ticks():
-            ax.text(i + 0.03, position, label, fontsize=7, va="center")
-    ax.set_xticks(range(len(axes)), [axis.title() for axis in axes],
-                  rotation=20 if len(axes) > 4 else 0, ha="right" if len(axes) > 4 else "center")
-    ax.set_yticks([])
-    ax.set_xlim(-0.2, len(axes) - 0.4)
-    ax.set_ylim(-0.05, 1.05)
-    for side in ("top", "right", "left"):
-        ax.spines[side].set_visible(False)
-    fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=ax, label=objective)
-    ax.set_title(f"Completed trials across the searched parameters: {study.name}")
-    return fig
-
-
-class _ParallelAxis:
-    """One parameter's axis: where a value sits in [0, 1] and the labels to write along it."""
-
-    def __init__(self, name: str, values: list, distribution) -> None:
-        self.name = name
-        present = [v for v in values if v is not None]
-        self.choices = None
-        choices = getattr(distribution, "choices", None)
-        if choices is not None or not all(is_number(v) for v in present):
-            # Categorical (batch sizes too): the distribution's choices in order, evenly spaced.
-            choices = choices or sorted({fmt(v) for v in present})
-            self.choices = list(dict.fromkeys(fmt(c) for c in choices))
-            return
-        low, high = min(present), max(present)
-        # The searched range when known, so the lines show where in it the trials went.
-        low, high = min(low, getattr(distribution, "low", low)), max(high, getattr(distribution, "high", high))
-        self.log = low > 0 and high / low > 10
-        self.low, self.high = (math.log10(low), math.log10(high)) if self.log else (low, high)
-
-    def position(self, value) -> float:
-        if value is None:
-            return math.nan  # matplotlib leaves a gap at NaN
-        if self.choices is not None:
-            return self.choices.index(fmt(value)) / (len(self.choices) - 1) if len(self.choices) > 1 else 0.5
-        x = math.log10(value) if self.log else value
-        return (x - self.low) / (self.high - self.low) if self.high > self.low else 0.5
-
-    def ticks(self) -> list[tuple[float, str]]:
-        if self.choices is not None:
-            return [(self.position(c), c) for c in self.choices]
-        fractions = [0, 0.25, 0.5, 0.75, 1] if self.high > self.low else [0.5]
-        points = [self.low + f * (self.high - self.low) for f in fractions]
-        return [(f, f"{10 ** x if self.log else x:.3g}") for f, x in zip(fractions, points)]
-
-    def title(self) -> str:
-        return f"{self.name} (log)" if self.choices is None and self.log else self.name
-
-
-def _parallel_axes(trials: list, order: list[str] = ()) -> list[_ParallelAxis]:
-    """The axes of the parameters that take more than one value in `trials` (none with fewer than
-    2 trials): those every trial has first, so that gaps are few and at the end; within each,
-    those in `order` first, in that order, then the others by name."""
+def _varied_params(trials: list) -> list[str]:
+    """The parameters that take more than one value in `trials`, or that only some have (none
+    with fewer than 2 trials)."""
     if len(trials) < 2:
         return []
     names = {name for t in trials for name in t.params}
-    names = [n for n in names if len({fmt(t.params.get(n)) for t in trials if n in t.params}) > 1
-             or any(n not in t.params for t in trials)]
-    names.sort(key=lambda n: (any(n not in t.params for t in trials),
-                              order.index(n) if n in order else len(order), n))
-    return [_ParallelAxis(n, [t.params.get(n) for t in trials],
-                          next(t.distributions[n] for t in trials if n in t.distributions)) for n in names]
-
-
-def _objective_name(runs: list, study: StudyRecord) -> str:
-    """What the study's trial values are, from its runs' `objective` (e.g. val_accuracy)."""
-    objectives = {(r.metrics or {}).get("objective") for r in runs
-                  if r.folder.parent.resolve() == study.sweep_dir.resolve()} - {None}
-    return f"{objectives.pop()} (trial value)" if len(objectives) == 1 else "trial value"
+    return sorted(n for n in names if len({fmt(t.params.get(n)) for t in trials if n in t.params}) > 1
+                  or any(n not in t.params for t in trials))
 
 
 def _save(fig, path: Path, tight: bool = True) -> Path:

@@ -14,8 +14,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.training.config import flatten
+from mlp_sweep.files import load_json, load_yaml
 from mlp_sweep.training.run_record import METRICS_FILE, STATUS_FILE
+from mlp_sweep.values import flatten
 
 # Keys that say how a run was executed rather than what was trained.
 NOT_COMPARED = {"trainer.progress"}
@@ -68,7 +69,7 @@ def read_run(folder: Path) -> Run:
         error = f"no {METRICS_FILE}"
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         error = f"{METRICS_FILE} is corrupt ({exc})"
-    status = _load_json(folder / STATUS_FILE)
+    status = load_json(folder / STATUS_FILE)
     if status:
         state = status.get("state", "broken")
         error = status.get("error", error)
@@ -122,21 +123,6 @@ def _numeric(name: str) -> tuple:
     return (0, int(name), "") if name.isdigit() else (1, 0, name)
 
 
-def load_yaml(path: Path):
-    """A YAML file's content, or {} when it is missing, empty or unreadable."""
-    try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (FileNotFoundError, yaml.YAMLError):
-        return {}
-
-
 def reproduce_command(overrides: list[str]) -> str:
     """The command line that runs a single run with the same overrides."""
-    return " ".join(["python -m mlp_sweep.train", *map(shlex.quote, overrides)])
-
-
-def _load_json(path: Path) -> dict | None:
-    try:
-        return json.loads(path.read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
-        return None
+    return shlex.join(["python", "-m", "mlp_sweep.train", *overrides])

@@ -10,8 +10,10 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlp_sweep.analysis.refit import REFIT_FILE
-from mlp_sweep.analysis.runs import Run, load_yaml
+from mlp_sweep.analysis.refit_best import REFIT_FILE
+from mlp_sweep.analysis.runs import Run
+from mlp_sweep.errors import first_line
+from mlp_sweep.files import load_yaml
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -117,7 +119,7 @@ class StudyRecord:
                 self.importances = optuna.importance.get_param_importances(
                     self.study, evaluator=importance_evaluator())
         except Exception as error:  # an evaluator's limit must not cost the user the table
-            self.importances_note = f"Optuna raised {_one_line(error)}"
+            self.importances_note = f"Optuna raised {first_line(error)}"
             return
         if not self.importances:
             self.importances, self.importances_note = None, "Optuna returned no parameter"
@@ -182,10 +184,4 @@ def _load_study(name: str | None, storage: str) -> tuple[object, str | None]:
     try:
         return load_study(name, storage), None
     except Exception as error:  # the database moved or is not reachable from here: fall back to the files
-        return None, _one_line(error)
-
-
-def _one_line(error: Exception) -> str:
-    """An exception as one line: its type and its message's first line (SQL errors run long)."""
-    lines = str(error).splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+        return None, first_line(error)

@@ -7,6 +7,8 @@
 - null: an in-memory study that lives as long as the sweep process.
 """
 
+import random
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,10 +16,11 @@ import optuna
 from optuna.storages import BaseStorage, JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
-from mlp_sweep.errors import UserError
+from mlp_sweep.errors import UserError, first_line
 
 JOURNAL_PREFIX = "journal:"
 RDB_SCHEMES = ("sqlite", "postgresql", "mysql")
+SCHEMA_ATTEMPTS = 8
 ALLOWED = ("sqlite:///PATH, postgresql://USER@HOST/DB, mysql://USER@HOST/DB, journal:PATH, "
            "or null (in memory)")
 
@@ -37,7 +40,7 @@ class Heartbeat:
     max_retry: int | None = 3
 
 
-def open_storage(spec: str | None, heartbeat: Heartbeat | None = None) -> BaseStorage | str | None:
+def open_storage(spec: str | None, heartbeat: Heartbeat | None = None) -> BaseStorage | None:
     """What `optuna.create_study(storage=...)` takes for `spec`; creates a SQLite or journal file's
     folder so a first sweep can start in an empty project."""
     if heartbeat is not None and (spec is None or spec.startswith(JOURNAL_PREFIX)):
@@ -61,12 +64,34 @@ def open_storage(spec: str | None, heartbeat: Heartbeat | None = None) -> BaseSt
                            f"allowed: {ALLOWED}")
     if spec.startswith("sqlite:///"):
         _make_folder(spec, Path(spec[len("sqlite:///"):]).parent)
-    if heartbeat is None:
-        return spec
-    return _rdb_errors(spec, lambda: optuna.storages.RDBStorage(
-        spec, heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
+    return _rdb_errors(spec, lambda: _rdb_storage(spec, heartbeat))
+
+
+def _rdb_storage(spec: str, heartbeat: Heartbeat | None) -> optuna.storages.RDBStorage:
+    """Optuna's RDB storage on `spec`. Processes started together on a fresh database all try to
+    create Optuna's tables; those that lose the race see the winner's tables as a duplicate and
+    try again, and then find the schema made."""
+    import sqlalchemy.exc
+
+    settings = {} if heartbeat is None else dict(
+        heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
-            heartbeat.max_retry)))
+            heartbeat.max_retry))
+    for attempt in range(SCHEMA_ATTEMPTS):
+        try:
+            return optuna.storages.RDBStorage(spec, **settings)
+        except sqlalchemy.exc.DBAPIError as error:
+            if attempt == SCHEMA_ATTEMPTS - 1 or not _lost_schema_race(error):
+                raise
+            time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def _lost_schema_race(error: Exception) -> bool:
+    """A table, type or version row that another process created a moment earlier."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    return any(sign in text for sign in ("already exists", "duplicate key", "unique constraint",
+                                         "database is locked"))
 
 
 def create_study(name: str | None, spec: str | None, sampler, pruner, directions: list[str],
@@ -86,7 +111,7 @@ def _rdb_errors(spec: str | None, action):
     try:
         return action()
     except sqlalchemy.exc.SQLAlchemyError as error:
-        first = (str(getattr(error, "orig", None) or error).strip().splitlines() or [""])[0]
+        first = first_line(getattr(error, "orig", None) or error, with_type=False)
         raise StorageError(f"hydra.sweeper.storage={_without_password(spec)!r} cannot be opened "
                            f"({type(error).__name__}: {first}); allowed: a database this host "
                            f"can reach, or {ALLOWED}") from None

@@ -13,10 +13,10 @@ from collections.abc import Iterable
 from typing import Any
 
 import optuna
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.training.config import flatten
+from mlp_sweep.values import flatten, resolved_without_hydra
 
 SETTINGS_ATTR = "settings"
 # How a run executes and where it is logged, not what it trains.
@@ -29,9 +29,7 @@ def study_settings(config: DictConfig, searched: Iterable[str]) -> dict[str, Any
     """The composed config as flat `key: value` pairs, less the searched and execution keys."""
     # Each key resolved against the whole config, as the job will see it; `hydra` is left out
     # (its own interpolations only resolve while Hydra runs).
-    flat = flatten({key: OmegaConf.to_container(config[key], resolve=True)
-                    if OmegaConf.is_config(config[key]) else config[key]
-                    for key in config if key != "hydra"}, keep_empty=True)
+    flat = flatten(resolved_without_hydra(config), keep_empty=True)
     skipped = (*searched, *EXECUTION_KEYS)
     return {k: v for k, v in flat.items()
             if not any(k == s or k.startswith(f"{s}.") for s in skipped)}

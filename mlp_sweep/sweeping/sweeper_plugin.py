@@ -1,4 +1,5 @@
-"""The Hydra sweeper plugin `hydra/sweeper=mlp_optuna` (its logic: mlp_sweep.sweeping.optuna_sweep).
+"""The Hydra sweeper plugin `hydra/sweeper=mlp_optuna`: its config, and the Sweeper that checks
+it and runs the sweep loop (mlp_sweep.sweeping.sweep_loop).
 
 Hydra finds it through the `hydra.plugins` entry point in pyproject.toml, which also imports this
 module and so registers the configs below: the sweeper and its pruners, as the stock plugin
@@ -6,48 +7,81 @@ registers its samplers, so that any Hydra app can compose `hydra/sweeper=mlp_opt
 `hydra/sweeper/pruner=hyperband` without a config file of its own.
 """
 
+import contextlib
+import logging
+import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_optuna_sweeper.config import OptunaSweeperConf
 from omegaconf import MISSING, DictConfig
 
+log = logging.getLogger(__name__)
 
-class ResumableOptunaSweeper(Sweeper):
-    """Hydra's Sweeper interface; Optuna is imported only when a sweep is set up, as the stock
-    plugin does, so that Hydra's plugin discovery stays fast."""
+
+class MlpOptunaSweeper(Sweeper):
+    """Hydra's Sweeper interface for `hydra/sweeper=mlp_optuna`. Optuna is imported only when a
+    sweep is set up, as the stock plugin does, so that Hydra's plugin discovery stays fast."""
 
     def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None,
                  n_trials: Any, n_jobs: int, max_failure_rate: Any, params: Any = None,
                  pruner: Any = None, custom_search_space: str | None = None, timeout: Any = None,
                  heartbeat_interval: Any = None, grace_period: Any = None,
                  max_retry: Any = 3, enqueue_trials: Any = None) -> None:
-        from mlp_sweep.sweeping.optuna_sweep import ResumableOptunaSweep, check_settings
-
-        settings = dict(sampler=sampler, direction=direction, storage=storage,
-                        study_name=study_name, n_trials=n_trials, n_jobs=n_jobs,
-                        max_failure_rate=max_failure_rate, params=params)
-        # Before anything is built: one line for a bad value.
-        heartbeat = check_settings(settings, pruner, timeout, heartbeat_interval, grace_period,
-                                   max_retry)
-        self.sweeper = ResumableOptunaSweep(pruner=pruner, custom_search_space=custom_search_space,
-                                            timeout=timeout, heartbeat=heartbeat,
-                                            enqueue_trials=enqueue_trials, **settings)
+        self.settings = dict(
+            sampler=sampler, direction=direction, storage=storage, study_name=study_name,
+            n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
+            pruner=pruner, custom_search_space=custom_search_space, timeout=timeout,
+            heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+            max_retry=max_retry, enqueue_trials=enqueue_trials)
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
-        self.sweeper.setup(hydra_context=hydra_context, task_function=task_function, config=config)
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function)
 
     def sweep(self, arguments: list[str]) -> None:
-        self.sweeper.sweep(arguments)
+        from mlp_sweep.errors import UserError, error_line
+
+        try:
+            self._loop().run(arguments)
+        except UserError as error:  # bad input: one line, exit 1, nothing half-made
+            with contextlib.suppress(OSError):  # the sweep folder, if made and still empty
+                os.rmdir(str(self.config.hydra.sweep.dir))
+            log.error(error_line(error))
+            sys.exit(1)
+
+    def _loop(self):
+        """The sweep loop for these settings; UserError for the first bad one, before anything
+        is built."""
+        from hydra.utils import instantiate
+
+        from mlp_sweep.sweeping.sweep_loop import SweepLoop
+        from mlp_sweep.sweeping.sweep_settings import build_pruner, check_settings, directions_of
+
+        s = self.settings
+        heartbeat = check_settings(s)
+        extend = s["custom_search_space"]
+        return SweepLoop(
+            sampler_config=s["sampler"], directions=directions_of(s["direction"]),
+            storage=s["storage"], study_name=s["study_name"], n_trials=s["n_trials"],
+            n_jobs=s["n_jobs"], max_failure_rate=s["max_failure_rate"],
+            params=s["params"] or {}, pruner=build_pruner(s["pruner"]),
+            custom_search_space=instantiate({"_target_": extend, "_partial_": True},
+                                            _execution_whitelist_=[extend]) if extend else None,
+            timeout=s["timeout"], heartbeat=heartbeat, enqueue_trials=s["enqueue_trials"],
+            config=self.config, launcher=self.launcher)
 
 
 @dataclass
-class ResumableOptunaSweeperConf(OptunaSweeperConf):
-    _target_: str = "mlp_sweep.sweeping.sweeper_plugin.ResumableOptunaSweeper"
+class MlpOptunaSweeperConf(OptunaSweeperConf):
+    _target_: str = "mlp_sweep.sweeping.sweeper_plugin.MlpOptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # from the hydra/sweeper/pruner group below
     # Seconds after which no new trial starts (running trials finish), counted from this
@@ -102,7 +136,7 @@ class HyperbandPrunerConf:
 
 
 store = ConfigStore.instance()
-store.store(group="hydra/sweeper", name="mlp_optuna", node=ResumableOptunaSweeperConf,
+store.store(group="hydra/sweeper", name="mlp_optuna", node=MlpOptunaSweeperConf,
             provider="mlp_sweep")
 for name, node in (("none", NopPrunerConf), ("median", MedianPrunerConf),
                    ("successive_halving", SuccessiveHalvingPrunerConf),

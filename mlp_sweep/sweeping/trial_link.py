@@ -3,7 +3,7 @@
 `report(value, step)` is the same for any Hydra app's task function (README: "Use the sweeper in
 your own Hydra app").
 
-The sweeper (mlp_sweep.sweeping.optuna_sweep) passes the trial's id to the job in the environment; the
+The sweeper (mlp_sweep.sweeping.sweep_loop) passes the trial's id to the job in the environment; the
 study's name, storage and pruner come from the job's own Hydra config (`hydra.sweeper`), which is
 the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_environment()` is None.
 """
@@ -13,9 +13,10 @@ import os
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
-from hydra.utils import instantiate
 
+from mlp_sweep.sweeping.optuna_compat import trial_from_id
 from mlp_sweep.sweeping.storage import load_study
+from mlp_sweep.sweeping.sweep_settings import build_pruner
 
 log = logging.getLogger(__name__)
 
@@ -34,10 +35,8 @@ class TrialLink:
         sweeper = HydraConfig.get().sweeper
         if not sweeper.get("storage"):
             return None  # an in-memory study lives in the sweep process only: nothing to report to
-        pruner = instantiate(sweeper.pruner, _execution_whitelist_=["optuna.pruners.*"]) \
-            if sweeper.get("pruner") else optuna.pruners.NopPruner()
-        study = load_study(sweeper.study_name, sweeper.storage, pruner)
-        return cls(optuna.Trial(study, int(trial_id)))
+        study = load_study(sweeper.study_name, sweeper.storage, build_pruner(sweeper.get("pruner")))
+        return cls(trial_from_id(study, int(trial_id)))
 
     def report(self, value: float, epoch: int, last: bool = False) -> None:
         """Record the epoch's objective; raise optuna.TrialPruned when the pruner says stop.
@@ -50,7 +49,8 @@ class TrialLink:
             raise optuna.TrialPruned(f"pruned after epoch {epoch} at {value:.4f}")
 
 
-_links: dict[str, TrialLink | None] = {}
+# One lookup per trial: the jobs of sweeps may share a process (in-process launchers, tests).
+_links: dict[tuple, TrialLink | None] = {}
 
 
 def report(value: float, step: int) -> None:
@@ -60,12 +60,21 @@ def report(value: float, step: int) -> None:
     For any Hydra app swept with `hydra/sweeper=mlp_optuna` and a storage; in a single run, a grid
     or an in-memory study it does nothing, so the same task runs everywhere.
     """
-    trial_id = os.environ.get(TRIAL_ID_VARIABLE)
-    if trial_id not in _links:  # one lookup per trial: the jobs of a sweep may share a process
-        _links[trial_id] = TrialLink.from_environment()
-    link = _links[trial_id]
+    key = (os.environ.get(TRIAL_ID_VARIABLE), *_study_of_this_job())
+    if key not in _links:
+        _links[key] = TrialLink.from_environment()
+    link = _links[key]
     if link is not None:
         link.report(value, step)
+
+
+def _study_of_this_job() -> tuple[str | None, str | None, str]:
+    """The storage and study name of the sweep running this job, and the folder a relative
+    storage path starts from: a trial id is only unique in its storage."""
+    if not HydraConfig.initialized():
+        return None, None, os.getcwd()
+    sweeper = HydraConfig.get().sweeper
+    return sweeper.get("storage"), sweeper.get("study_name"), os.getcwd()
 
 
 def trial_identity(link: TrialLink | None) -> tuple[str | None, int | None]:

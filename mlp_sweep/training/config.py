@@ -4,13 +4,15 @@ Hydra checks that config groups exist; this checks the values inside them, so a 
 fails before any data is read or any folder is written, with a message naming the key.
 """
 
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Sequence
 
 from hydra.utils import get_object as locate
 from omegaconf import DictConfig, ListConfig
 
 from mlp_sweep.errors import ConfigError
+from mlp_sweep.training.data import LOADERS
+from mlp_sweep.training.model import NORMS
+from mlp_sweep.values import is_number
 
 # Element-wise activation modules: they keep the layer's shape and need no required argument.
 ALLOWED_ACTIVATIONS = tuple(
@@ -43,7 +45,6 @@ ALLOWED_SCHEDULERS = (
 ALLOWED_AUGMENTS = tuple(f"mlp_sweep.training.augment.{name}"
                          for name in ("RandomShift", "RandomAffine", "RandomFlipCrop"))
 ALLOWED_LOSSES = ("torch.nn.CrossEntropyLoss",)
-NORMS = ("none", "batch", "layer")
 INTERVALS = ("step", "epoch")
 
 
@@ -57,13 +58,12 @@ def with_canonical_names(targets: tuple[str, ...]) -> list[str]:
     return [*targets, *canonical]
 
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10")
 OBJECTIVES = ("test_accuracy", "val_accuracy")
 
 
 def validate(cfg: DictConfig) -> None:
     """Raise ConfigError for the first value that is out of range or not allowed."""
-    _one_of("dataset.name", cfg.dataset.name, DATASETS)
+    _one_of("dataset.name", cfg.dataset.name, tuple(LOADERS))
     for key in ("train_limit", "val_size", "test_limit"):
         value = cfg.dataset.get(key)
         if value is not None:
@@ -73,15 +73,15 @@ def validate(cfg: DictConfig) -> None:
     _one_of("activation._target_", cfg.activation._target_, ALLOWED_ACTIVATIONS)
     _one_of("optimizer._target_", cfg.optimizer._target_, ALLOWED_OPTIMIZERS)
     lr = cfg.optimizer.get("lr")
-    if lr is not None and (not _is_number(lr) or lr <= 0):
+    if lr is not None and (not is_number(lr) or lr <= 0):
         raise ConfigError(f"optimizer.lr={lr!r} is not allowed; allowed: a number > 0")
     weight_decay = cfg.optimizer.get("weight_decay")
-    if weight_decay is not None and (not _is_number(weight_decay) or weight_decay < 0):
+    if weight_decay is not None and (not is_number(weight_decay) or weight_decay < 0):
         raise ConfigError(f"optimizer.weight_decay={weight_decay!r} is not allowed; "
                           "allowed: a number >= 0")
     _one_of("loss._target_", cfg.loss._target_, ALLOWED_LOSSES)
     smoothing = cfg.loss.get("label_smoothing", 0.0)
-    if not _is_number(smoothing) or not 0 <= smoothing < 1:
+    if not is_number(smoothing) or not 0 <= smoothing < 1:
         raise ConfigError(f"loss.label_smoothing={smoothing!r} is out of range; "
                           "allowed: 0 <= label_smoothing < 1")
 
@@ -119,7 +119,7 @@ def _validate_model(model: DictConfig) -> None:
     if depth is None:
         _validate_hidden_sizes(model.hidden_sizes)
     dropout = model.dropout
-    if not _is_number(dropout) or not 0 <= dropout < 1:
+    if not is_number(dropout) or not 0 <= dropout < 1:
         raise ConfigError(f"model.dropout={dropout!r} is out of range; allowed: 0 <= dropout < 1")
     _one_of("model.norm", model.get("norm", "none"), NORMS)
 
@@ -144,7 +144,7 @@ def _validate_scheduler(scheduler: DictConfig, epochs: int) -> None:
     _one_of("scheduler._target_", scheduler._target_, ALLOWED_SCHEDULERS)
     _one_of("scheduler.interval", scheduler.get("interval"), INTERVALS)
     warmup = scheduler.get("warmup_epochs")
-    if warmup is not None and (not _is_number(warmup) or not 0 <= warmup < epochs):
+    if warmup is not None and (not is_number(warmup) or not 0 <= warmup < epochs):
         raise ConfigError(f"scheduler.warmup_epochs={warmup!r} is not allowed with "
                           f"trainer.epochs={epochs}; allowed: 0 <= warmup_epochs < trainer.epochs")
 
@@ -157,7 +157,7 @@ def _validate_augment(augment: DictConfig) -> None:
         _positive_int("augment.shift", augment.shift, allow_zero=True)
     for key, bound in (("degrees", 180), ("scale", 1)):
         value = augment.get(key)
-        if value is not None and (not _is_number(value) or not 0 <= value < bound):
+        if value is not None and (not is_number(value) or not 0 <= value < bound):
             raise ConfigError(f"augment.{key}={value!r} is out of range; "
                               f"allowed: 0 <= {key} < {bound}")
 
@@ -169,23 +169,6 @@ def _validate_logger(logger: DictConfig | None) -> None:
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"logger.{tracker}.{key}={value!r} is not allowed; "
                                   "allowed: a non-empty string")
-
-
-def flatten(tree: Mapping, keep_empty: bool = False, prefix: str = "") -> dict[str, Any]:
-    """A nested mapping (a config as plain containers) as `dotted.key: value` pairs; lists stay
-    values. An empty mapping is dropped, or kept as the value `{}` with `keep_empty`."""
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and (value or not keep_empty):
-            flat.update(flatten(value, keep_empty, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def _is_number(value: object) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _positive_int(key: str, value: object, allow_zero: bool = False) -> None:

@@ -12,7 +12,7 @@ import contextlib
 import fcntl
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +22,7 @@ from torchvision import datasets
 from torchvision.datasets.utils import check_integrity
 
 from mlp_sweep.errors import DataError
+from mlp_sweep.files import replace_atomically
 from mlp_sweep.training import mnist_package_index
 from mlp_sweep.training.idx import check_idx, md5_of
 
@@ -54,6 +55,19 @@ class Splits:
 
 
 _in_memory: dict[tuple, tuple[Split, Split]] = {}
+
+# dataset.name -> the function that gives its torchvision dataset (its `.data` and `.targets`)
+# for (root, train); a new dataset is a config file in conf/dataset/ and one function here.
+DatasetLoader = Callable[[Path, bool], datasets.VisionDataset]
+LOADERS: dict[str, DatasetLoader] = {}
+
+
+def dataset_loader(name: str) -> Callable[[DatasetLoader], DatasetLoader]:
+    """Register the decorated function as the loader of `dataset.name=name`."""
+    def register(loader: DatasetLoader) -> DatasetLoader:
+        LOADERS[name] = loader
+        return loader
+    return register
 
 
 def load_splits(cfg: DictConfig) -> Splits:
@@ -115,23 +129,20 @@ def _prepared_uint8(name: str, root: Path):
         train = _from_torchvision(name, root, train=True)
         test = _from_torchvision(name, root, train=False)
         cache.parent.mkdir(exist_ok=True)
-        tmp = cache.with_name(f".{cache.name}.{os.getpid()}.tmp")
-        torch.save({"train": train, "test": test}, tmp)
-        os.replace(tmp, cache)
+        replace_atomically(cache, lambda tmp: torch.save({"train": train, "test": test}, tmp))
     log.info(f"{name}: tensors cached in {cache}")
     return train, test
 
 
 def _from_torchvision(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    dataset = {"mnist": _mnist, "fashion_mnist": _fashion_mnist, "cifar10": _cifar10}[name](
-        root, train
-    )
+    dataset = LOADERS[name](root, train)
     images = torch.as_tensor(dataset.data)
     # MNIST-like data is (N, H, W); CIFAR-10 is (N, H, W, C). Both become (N, C, H, W).
     images = images.unsqueeze(1) if images.ndim == 3 else images.permute(0, 3, 1, 2)
     return images.contiguous(), torch.as_tensor(dataset.targets, dtype=torch.int64)
 
 
+@dataset_loader("mnist")
 def _mnist(root: Path, train: bool) -> datasets.MNIST:
     raw = root / "MNIST" / "raw"
     if train:  # choose the source once, for both splits
@@ -165,6 +176,7 @@ def _verify_mnist_file(path: Path) -> None:
                         "(MNIST's original file); replace or remove it to fetch MNIST again")
 
 
+@dataset_loader("fashion_mnist")
 def _fashion_mnist(root: Path, train: bool) -> datasets.FashionMNIST:
     raw = root / "FashionMNIST" / "raw"
     if not all((raw / f).is_file() for f in IDX_FILES):
@@ -181,6 +193,7 @@ def _fashion_mnist(root: Path, train: bool) -> datasets.FashionMNIST:
     return datasets.FashionMNIST(root, train=train, download=False)
 
 
+@dataset_loader("cifar10")
 def _cifar10(root: Path, train: bool) -> datasets.CIFAR10:
     folder = root / datasets.CIFAR10.base_folder
     if not folder.exists():

@@ -1,12 +1,12 @@
 """IDX files, the on-disk format of MNIST and Fashion-MNIST that torchvision reads."""
 
 import hashlib
-import os
 from pathlib import Path
 
 import numpy as np
 
 from mlp_sweep.errors import DataError
+from mlp_sweep.files import replace_atomically
 
 IMAGES_MAGIC = 2051  # unsigned bytes, 3 dimensions
 LABELS_MAGIC = 2049  # unsigned bytes, 1 dimension
@@ -16,9 +16,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
     """Write a uint8 array of images (N, H, W) or labels (N,), atomically."""
     magic = {3: IMAGES_MAGIC, 1: LABELS_MAGIC}[array.ndim]
     header = np.array([magic, *array.shape], dtype=">i4").tobytes()
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_bytes(header + np.ascontiguousarray(array, dtype=np.uint8).tobytes())
-    os.replace(tmp, path)
+    body = np.ascontiguousarray(array, dtype=np.uint8).tobytes()
+    replace_atomically(path, lambda tmp: tmp.write_bytes(header + body))
 
 
 def check_idx(path: Path) -> None:

@@ -20,9 +20,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_sweep.errors import ConfigError, MissingExtraError
-from mlp_sweep.training.config import flatten
+from mlp_sweep.errors import ConfigError, MissingExtraError, first_line
 from mlp_sweep.training.engine import EpochMetrics
+from mlp_sweep.values import flatten, resolved_without_hydra
 
 log = logging.getLogger(__name__)
 
@@ -76,9 +76,7 @@ class Trackers:
 
     def start(self, cfg: DictConfig) -> None:
         """Open each tracker's run and log the resolved config as its hyperparameters."""
-        hyperparameters = flatten({key: value for key, value in  # dotted keys: optimizer.lr
-                                   OmegaConf.to_container(cfg, resolve=True).items()
-                                   if key != "hydra"})
+        hyperparameters = flatten(resolved_without_hydra(cfg))  # dotted keys: optimizer.lr
         started: list[Tracker] = []
         try:
             for tracker in self.trackers:
@@ -274,8 +272,8 @@ def _import_extra(name: str) -> None:
     try:
         importlib.import_module(module)
     except ImportError as error:
-        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise MissingExtraError(f"logger={name} needs {library} ({reason}); install it with: "
+        raise MissingExtraError(f"logger={name} needs {library} "
+                                f"({first_line(error, with_type=False)}); install it with: "
                                 f"{install_command(extra)}") from None
 
 

@@ -4,7 +4,6 @@ Every file is written to a temporary name and renamed, so a killed run never lea
 file, and `status.json` says `completed` only once the metrics and weights are in place.
 """
 
-import json
 import os
 import time
 import traceback
@@ -12,6 +11,8 @@ from pathlib import Path
 
 import torch
 from torch import nn
+
+from mlp_sweep.files import replace_atomically, write_json
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
@@ -26,6 +27,7 @@ class RunRecord:
         self.started = time.time()
 
     def running(self) -> None:
+        self.run_dir.mkdir(parents=True, exist_ok=True)  # Hydra makes it; train(cfg, run_dir) may not
         self._write_status("running")
 
     def metrics(self, metrics: dict) -> None:
@@ -33,7 +35,8 @@ class RunRecord:
         write_json(self.run_dir / METRICS_FILE, metrics)
 
     def completed(self, model: nn.Module) -> None:
-        _atomic_save(model.state_dict(), self.run_dir / WEIGHTS_FILE)
+        replace_atomically(self.run_dir / WEIGHTS_FILE,
+                           lambda tmp: torch.save(model.state_dict(), tmp))
         self._write_status("completed")
 
     def ended(self, state: str, error: BaseException) -> None:
@@ -52,13 +55,3 @@ class RunRecord:
         )
 
 
-def write_json(path: Path, content: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(content, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _atomic_save(obj: object, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)

@@ -1,7 +1,5 @@
-"""Refit a sweep's best trial on all its training data and measure it on the test set.
-
-    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00 [--seeds 3]
-    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00/17      (that trial, not the best)
+"""Refit a sweep's best trial on all its training data and measure it on the test set
+(the command: mlp_sweep.refit).
 
 The search chose the trial on validation accuracy; that trial's model never saw the validation
 images. The refit trains the same config again on training + validation images (nothing held
@@ -9,18 +7,16 @@ out), for the same `trainer.epochs`, once per seed, and reports the test accurac
 Each seed's run goes to SWEEP_DIR/refit/seed_N/; the summary to SWEEP_DIR/refit.json.
 """
 
-import argparse
 import json
 import logging
 import statistics
-import sys
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from mlp_sweep.analysis.runs import find_runs, load_yaml
+from mlp_sweep.analysis.runs import find_runs
 from mlp_sweep.errors import UserError
-from mlp_sweep.training.run_record import write_json
+from mlp_sweep.files import load_yaml
 
 log = logging.getLogger(__name__)
 
@@ -79,29 +75,3 @@ def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
         "test_accuracy_mean": statistics.fmean(accuracies),
         "test_accuracy_std": statistics.stdev(accuracies) if seeds > 1 else 0.0,
     }
-
-
-def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s][%(levelname)s] - %(message)s")
-    parser = argparse.ArgumentParser(prog="python -m mlp_sweep.refit", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("sweep_dir", type=Path, help="a sweep folder (multirun/DATE/TIME), or one trial's")
-    parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0..N-1); default 3")
-    args = parser.parse_args(argv)
-    try:
-        if args.seeds < 1:
-            raise UserError(f"--seeds={args.seeds} is not allowed; allowed: an integer >= 1")
-        if not args.sweep_dir.is_dir():
-            raise UserError(f"{args.sweep_dir} is not a folder; allowed: a sweep folder, "
-                            "e.g. multirun/2026-11-30/10-00-00")
-        trial_dir = best_trial_dir(args.sweep_dir)
-        summary = refit(trial_dir, args.seeds, args.sweep_dir / "refit")
-    except UserError as error:
-        log.error(f"Error: {error}")
-        return 1
-    write_json(args.sweep_dir / REFIT_FILE, summary)
-    log.info(f"refit of {trial_dir} ({summary['epochs']} epochs, seeds {summary['seeds']}): "
-             f"test accuracy {summary['test_accuracy_mean']:.2%} ± {summary['test_accuracy_std']:.2%}"
-             f" (the trial itself: validation {summary['trial_val_accuracy']:.2%}, "
-             f"test {summary['trial_test_accuracy']:.2%}); written to {args.sweep_dir / REFIT_FILE}")
-    return 0

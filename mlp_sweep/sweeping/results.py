@@ -1,0 +1,72 @@
+"""What a sweep leaves beside its trials' folders: the stock sweeper's
+`optimization_results.yaml`, and `best.yaml` with the best trial's folder, config and the command
+that runs it again (for several objectives, the Pareto front's trials)."""
+
+import logging
+import shlex
+import sys
+from pathlib import Path
+
+import optuna
+from omegaconf import OmegaConf
+from optuna.trial import FrozenTrial, TrialState
+
+from mlp_sweep.files import load_yaml, write_yaml
+
+log = logging.getLogger(__name__)
+
+
+def write_results(study: optuna.Study, sweep_dir: Path) -> None:
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        log.warning("No trial completed: no best to report")
+        return
+    if len(study.directions) > 1:
+        return _write_pareto_front(study, sweep_dir)
+    best = study.best_trial
+    OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
+                                     "best_value": best.value}),
+                   sweep_dir / "optimization_results.yaml")
+    write_yaml(sweep_dir / "best.yaml", {**trial_record(best), "value": best.value})
+    log.info(f"Best trial {best.number}: {best.value} in {best.user_attrs.get('run_dir')}; "
+             f"written to {sweep_dir}/best.yaml")
+
+
+def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
+    """Several objectives have no single best: the stock sweeper's Pareto-front record, and
+    best.yaml listing the front's trials."""
+    front = study.best_trials
+    OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": [
+        {"params": t.params, "values": t.values} for t in front]}),
+        sweep_dir / "optimization_results.yaml")
+    write_yaml(sweep_dir / "best.yaml", {
+        "directions": [d.name.lower() for d in study.directions],
+        "pareto_front": [{**trial_record(t), "values": t.values} for t in front],
+    })
+    log.info(f"Pareto front of {len(front)} trial(s) written to {sweep_dir}/best.yaml")
+
+
+def trial_record(trial: FrozenTrial) -> dict:
+    """A trial as best.yaml shows it: number, folder, params, the command and config of its run."""
+    run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
+    return {"trial": trial.number, "run_dir": str(run_dir), "params": trial.params,
+            "command": command_line(app_command(), overrides),
+            "config": load_yaml(run_dir / ".hydra" / "config.yaml")}
+
+
+def app_command() -> list[str]:
+    """How this process's app was started, without its arguments: `python -m package.module`,
+    `python path/to/app.py`, or a console script's name."""
+    # sys.orig_argv is the interpreter, its options, then what sys.argv holds; with -m, the
+    # module's name stands where sys.argv[0] (the module's file) is.
+    options = sys.orig_argv[1:len(sys.orig_argv) - len(sys.argv)]
+    if options and options[-1] == "-m":
+        return ["python", "-m", sys.orig_argv[len(options) + 1]]
+    script = sys.argv[0]
+    return ["python", script] if script.endswith(".py") else [Path(script).name]
+
+
+def command_line(app: list[str], overrides: list[str]) -> str:
+    """The command line that runs `app` once with `overrides`, quoted for a shell."""
+    return shlex.join([*app, *overrides])

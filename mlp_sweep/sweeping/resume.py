@@ -1,0 +1,139 @@
+"""Resume bookkeeping: which trials of a study count toward `n_trials`, and what becomes of
+trials whose worker is gone.
+
+- A trial left RUNNING by a sweep process killed on this host is failed as `interrupted` and not
+  counted, so the sweep that resumes runs it again.
+- With heartbeats (RDB storages), a trial whose worker on any host went silent is failed by
+  Optuna and queued again with its params; its retry is counted instead of it.
+- A trial asked beyond `n_trials` in a race between workers is failed as `surplus`.
+"""
+
+import datetime
+import logging
+import os
+import socket
+import time
+import warnings
+
+import optuna
+from optuna.storages import RetryHeartbeatStaleTrialCallback
+from optuna.trial import FrozenTrial, TrialState
+
+from mlp_sweep.sweeping.optuna_compat import record_heartbeat, set_user_attr
+from mlp_sweep.sweeping.storage import Heartbeat
+
+log = logging.getLogger(__name__)
+
+# This process as trials record it; MLP_SWEEP_HOST names the host where containers share one name.
+HOST = os.environ.get("MLP_SWEEP_HOST") or socket.gethostname()
+WORKER = f"{HOST}:{os.getpid()}"
+NOT_COUNTED = ("interrupted", "surplus")  # FAIL trials that do not use up n_trials
+UNLABELLED_GRACE = datetime.timedelta(seconds=60)
+
+
+def counted(study: optuna.Study) -> list[FrozenTrial]:
+    """The trials that use up `n_trials`: all but those interrupted, asked in surplus, or failed
+    for want of a heartbeat and run again (their retry is counted instead)."""
+    trials = study.get_trials(deepcopy=False)
+    retried = {number for t in trials for number in _retried_from(t)}
+    return [t for t in trials
+            if not (t.state == TrialState.FAIL
+                    and (t.number in retried or any(t.user_attrs.get(k) for k in NOT_COUNTED)))]
+
+
+def _retried_from(trial: FrozenTrial) -> list[int]:
+    """The trial numbers `trial` is a heartbeat retry of (none for a first attempt)."""
+    with warnings.catch_warnings():  # Optuna marks it experimental, and warns at every call
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+
+
+def still_to_run(study: optuna.Study, n_trials: int) -> int:
+    """How many trials the study still needs; a retry queued for a dead worker's trial
+    (WAITING) is counted but still to be run."""
+    return n_trials - len([t for t in counted(study) if t.state != TrialState.WAITING])
+
+
+def label_as_ours(study: optuna.Study, trial: optuna.Trial, heartbeat: Heartbeat | None) -> None:
+    """Name this process as the trial's worker; with heartbeats, beat from its first moment, so
+    that a worker killed now is found."""
+    if heartbeat is not None:
+        record_heartbeat(study, trial)
+    trial.set_user_attr("worker", WORKER)
+
+
+def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
+    """Another worker may have asked for the last trial at the same moment: the trial numbers say
+    who was first, and the later one is failed as surplus."""
+    earlier = [t for t in counted(study) if t.number < trial.number]
+    if len(earlier) < n_trials:
+        return False
+    trial.set_user_attr("surplus", True)
+    study.tell(trial, state=TrialState.FAIL)
+    return True
+
+
+def fail_interrupted(study: optuna.Study) -> None:
+    """Trials still RUNNING whose worker process on this host is gone were killed with it;
+    so were those never labelled with a worker (killed between ask and label) after a grace
+    period that a live worker needs far less than to label its trial."""
+    now = datetime.datetime.now()
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        dead = worker_host == HOST and pid.isdigit() and not _alive(int(pid))
+        unlabelled = "worker" not in trial.user_attrs and trial.datetime_start is not None \
+            and now - trial.datetime_start > UNLABELLED_GRACE
+        if dead or unlabelled:
+            set_user_attr(study, trial, "interrupted", True)
+            study.tell(trial.number, state=TrialState.FAIL)
+            log.warning(f"Trial {trial.number} was interrupted (worker {pid or '?'} is gone): "
+                        "recorded FAIL, not counted, its trial runs again")
+
+
+def fail_stale(study: optuna.Study, heartbeat: Heartbeat | None) -> None:
+    """Optuna's check for trials whose worker, on any host, stopped sending heartbeats: they
+    are recorded FAIL and queued again with their params (RetryHeartbeatStaleTrialCallback)."""
+    if heartbeat is None:
+        return
+    before = {t.number for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))}
+    optuna.storages.fail_stale_trials(study)
+    for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+        if trial.number in before:
+            log.warning(f"Trial {trial.number} of worker {trial.user_attrs.get('worker', '?')} "
+                        f"sent no heartbeat for {heartbeat.grace_period or 2 * heartbeat.interval}"
+                        " s: recorded FAIL and queued again with its params")
+
+
+class OtherWorkers:
+    """With heartbeats, a trial another worker still runs may yet go stale, and its retry needs a
+    worker that is still here: a worker with nothing left to ask for waits while others run."""
+
+    def __init__(self, heartbeat: Heartbeat | None) -> None:
+        self.heartbeat = heartbeat
+        self.said_waiting = False  # the log line, once
+
+    def wait(self, study: optuna.Study, n_trials: int) -> bool:
+        """While another worker's trial runs, wait a heartbeat interval and say True (look
+        again); else False (the study is done)."""
+        if self.heartbeat is None:
+            return False
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        if not running:
+            return False
+        if not self.said_waiting:
+            log.info(f"All {n_trials} trials asked; waiting for trial(s) "
+                     f"{', '.join(str(t.number) for t in running)} of other workers, to run "
+                     "again any whose worker stops sending heartbeats")
+            self.said_waiting = True
+        time.sleep(self.heartbeat.interval)
+        return True
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,218 @@
+"""The sweep's ask–launch–tell loop: ask the study for up to `n_jobs` trials, launch them as
+Hydra jobs through the configured launcher, tell the study how each ended, until `n_trials` or
+`timeout`.
+
+Each job gets its trial's id in its environment (mlp_sweep.sweeping.trial_link), reports per step
+and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
+job that raises is recorded FAIL with the reason, and the sweep goes on until those failures
+exceed `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count)
+is a FAIL trial too, as in the stock sweeper, and does not stop the sweep.
+"""
+
+import contextlib
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy
+import optuna
+from hydra.core.utils import JobReturn
+from omegaconf import OmegaConf
+from optuna.distributions import BaseDistribution
+from optuna.trial import TrialState
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping import resume
+from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
+from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
+from mlp_sweep.sweeping.results import write_results
+from mlp_sweep.sweeping.storage import Heartbeat, create_study
+from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
+from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
+                                               parse_space)
+from mlp_sweep.sweeping.trial_link import TRIAL_ID_VARIABLE
+
+log = logging.getLogger(__name__)
+
+UNRECORDABLE = "unrecordable"  # a FAIL trial's user attribute: its job's value, not its job, failed
+
+
+class SweepLoop:
+    """One sweep command's run on its study; built by the plugin once its settings are checked."""
+
+    def __init__(self, *, sampler_config: Any, directions: list[str], storage: str | None,
+                 study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
+                 params: dict, pruner: optuna.pruners.BasePruner, custom_search_space: Any,
+                 timeout: float | None, heartbeat: Heartbeat | None, enqueue_trials: Any,
+                 config: Any, launcher: Any) -> None:
+        self.sampler_config, self.directions = sampler_config, directions
+        self.storage, self.study_name = storage, study_name
+        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
+        self.params, self.pruner, self.timeout = params, pruner, timeout
+        self.custom_search_space = custom_search_space
+        self.heartbeat, self.enqueue_trials = heartbeat, enqueue_trials
+        self.config, self.launcher = config, launcher
+        self.other_workers = resume.OtherWorkers(heartbeat)
+
+    def run(self, arguments: list[str]) -> None:
+        started = time.monotonic()
+        space, fixed_params, fixed_overrides = parse_space(
+            [f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+        for name in fixed_params:
+            space.pop(name, None)
+        first_trials = checked_trials(self.enqueue_trials, space, fixed_params)
+        sampler = build_sampler(self.sampler_config)
+        grid = grid_of(sampler, space)
+        if grid is not None:
+            sampler = sampler(grid)
+            self.n_trials = min(self.n_trials, grid_size(grid))
+            log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
+
+        study = create_study(self.study_name, self.storage, sampler, self.pruner,
+                             self.directions, self.heartbeat)
+        check_same_settings(study, study_settings(self.config, space), self.storage)
+        resume.fail_interrupted(study)
+        enqueue(study, first_trials)
+        self._reseed_on_resume(study, grid)
+        log.info(f"Study {study.study_name} in {self.storage or 'memory'}: "
+                 f"{len(resume.counted(study))} of {self.n_trials} trials recorded or running; "
+                 f"pruner {type(self.pruner).__name__}")
+        sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+
+        while True:
+            if self.timeout is not None and time.monotonic() - started >= self.timeout:
+                log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
+                         f"{len(resume.counted(study))} of {self.n_trials} trials in the study")
+                break
+            resume.fail_stale(study, self.heartbeat)
+            missing = resume.still_to_run(study, self.n_trials)
+            if missing <= 0:
+                if self.other_workers.wait(study, self.n_trials):
+                    continue
+                break
+            trials = [t for t in (self._ask(study, sweep_dir, space)
+                                  for _ in range(min(self.n_jobs, missing))) if t]
+            if not trials:
+                break
+            returns = self._launch(study, trials, fixed_params, fixed_overrides)
+            for trial, job in zip(trials, returns):
+                self._tell(study, trial, job)
+            self._stop_on_failures(study, returns)
+        write_results(study, sweep_dir)
+
+    def _reseed_on_resume(self, study: optuna.Study, grid: dict | None) -> None:
+        """The same seed would replay the random start-up points the study already holds: on a
+        resume it is mixed with the trial count, not added to it (workers get seeds 123, 124...
+        from mlp_sweep.workers, and 123 + 1 trial would collide with the next worker's 124)."""
+        seed = self.sampler_config.get("seed")
+        if seed is None or not resume.counted(study):
+            return
+        mixed = int(numpy.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
+        sampler = build_sampler(self.sampler_config, seed=mixed)
+        study.sampler = sampler(grid) if grid is not None else sampler
+
+    def _ask(self, study: optuna.Study, sweep_dir: Path,
+             space: dict[str, BaseDistribution]) -> optuna.Trial | None:
+        trial = study.ask(space)
+        resume.label_as_ours(study, trial, self.heartbeat)
+        trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
+        if resume.is_surplus(study, trial, self.n_trials):
+            return None
+        return trial
+
+    def _launch(self, study: optuna.Study, trials: list[optuna.Trial], fixed_params: dict,
+                fixed_overrides: list[str]) -> list[JobReturn]:
+        """Run the trials as one batch of Hydra jobs, with heartbeats (RDB storages) meanwhile."""
+        overrides = [
+            (*self._job_overrides(trial, fixed_params, fixed_overrides),
+             f"hydra.sweep.subdir={trial.number}",
+             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}")
+            for trial in trials
+        ]
+        with contextlib.ExitStack() as beating:
+            for trial in trials:
+                beating.enter_context(heartbeat_thread(study, trial))
+            return self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+
+    def _job_overrides(self, trial: optuna.Trial, fixed_params: dict,
+                       fixed_overrides: list[str]) -> list[str]:
+        """The trial's params, then the command's fixed values, as Hydra overrides (the stock
+        sweeper's order); the custom search space adds its params to the trial first."""
+        for name, value in fixed_params.items():
+            trial.set_user_attr(name, value)
+        if self.custom_search_space:
+            self.custom_search_space(self.config, trial)
+        overlap = trial.params.keys() & fixed_params.keys()
+        if overlap:
+            raise UserError(f"{sorted(overlap)} are both searched and fixed; allowed: each key "
+                            "either in hydra.sweeper.params or on the command line")
+        params = {**trial.params, **fixed_params}
+        return [f"{name}={value}" for name, value in params.items()] + list(fixed_overrides)
+
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn) -> None:
+        state, values = TrialState.COMPLETE, None
+        try:
+            value = job.return_value  # raises what the job raised
+        except Exception as error:
+            state = self._failed(trial, error)
+        else:
+            if isinstance(value, optuna.TrialPruned):  # mlp_sweep.train returns it, not raises
+                state = TrialState.PRUNED
+                log.info(f"Trial {trial.number} pruned: {value}")
+            else:
+                try:
+                    values = objective_values(value, len(self.directions))
+                except ValueError as error:
+                    trial.set_user_attr(UNRECORDABLE, True)
+                    state = self._failed(trial, error)
+        try:
+            study.tell(trial, values, state=state)
+        except RuntimeError as error:
+            # The grid sampler stops the study once every point is asked; outside optimize()
+            # Optuna reports that as this error, after recording the trial.
+            if "Study.stop" not in str(error):
+                raise
+
+    def _failed(self, trial: optuna.Trial, error: BaseException) -> TrialState:
+        if isinstance(error, optuna.TrialPruned):  # a task may raise it instead of returning it
+            log.info(f"Trial {trial.number} pruned: {error}")
+            return TrialState.PRUNED
+        reason = f"{type(error).__name__}: {error}"
+        trial.set_user_attr("fail_reason", reason)
+        status = Path(trial.user_attrs.get("run_dir", ""), "status.json")
+        log.warning(f"Trial {trial.number} failed: {reason}"
+                    + (f" (traceback in {status})" if status.is_file() else ""))
+        return TrialState.FAIL
+
+    def _stop_on_failures(self, study: optuna.Study, returns: list[JobReturn]) -> None:
+        """Jobs that raised, beyond `max_failure_rate` of `n_trials`, stop the sweep with the last
+        batch's own exception; values the study could not record do not count."""
+        failures = [t for t in resume.counted(study)
+                    if t.state == TrialState.FAIL and not t.user_attrs.get(UNRECORDABLE)]
+        if len(failures) <= self.max_failure_rate * self.n_trials:
+            return
+        log.error(f"{len(failures)} failed trials out of n_trials={self.n_trials} exceed "
+                  f"max_failure_rate={self.max_failure_rate}; stopping the sweep")
+        for job in returns:
+            job.return_value  # re-raises the job's own exception, with its traceback
+        raise RuntimeError(f"{len(failures)} failed trials exceed max_failure_rate="
+                           f"{self.max_failure_rate} of n_trials={self.n_trials}")
+
+
+def objective_values(value: object, directions: int) -> list[float]:
+    """The task's return as one float per direction; a value Optuna cannot record (NaN, the
+    wrong count, not a number) raises ValueError, and the trial is recorded FAIL."""
+    values = list(value) if isinstance(value, (list, tuple)) or OmegaConf.is_list(value) else [value]
+    if len(values) != directions:
+        raise ValueError(f"the task returned {len(values)} value(s) for {directions} "
+                         f"direction(s): {value!r}")
+    try:
+        floats = [float(v) for v in values]
+    except (TypeError, ValueError):
+        raise ValueError(f"the task returned {value!r}, not numbers") from None
+    if any(math.isnan(f) for f in floats):
+        raise ValueError(f"the task returned NaN: {value!r}")
+    return floats
+

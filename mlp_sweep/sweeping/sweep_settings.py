@@ -1,0 +1,129 @@
+"""The sweeper's own settings, checked before anything is built, and the objects they name.
+
+Each check raises a UserError naming the key and what is allowed; the sweep reports it as one line.
+"""
+
+import enum
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import optuna
+from hydra.utils import instantiate
+from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
+                                  IntDistribution)
+
+from mlp_sweep.errors import UserError, first_line
+from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
+from mlp_sweep.sweeping.storage import Heartbeat
+from mlp_sweep.values import is_number
+
+# What `_target_` may name: Hydra's instantiate runs what a config says, so only these.
+SAMPLER_PACKAGES = ("optuna.samplers.", "hydra_plugins.hydra_optuna_sweeper.")
+SAMPLER_TARGETS = [f"{package}*" for package in SAMPLER_PACKAGES]
+PRUNER_PACKAGE = "optuna.pruners."
+PRUNER_TARGETS = [f"{PRUNER_PACKAGE}*"]
+SAMPLERS = "tpe, random, cmaes, nsgaii, nsgaiii, qmc, gp, grid"
+PRUNERS = "none, median, successive_halving, hyperband"
+
+
+def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
+    """Raise UserError for the first bad key of `hydra.sweeper`; the heartbeat settings when
+    heartbeat_interval is set, else None."""
+    for key in ("heartbeat_interval", "grace_period"):
+        if settings.get(key) is not None:
+            _check_number(key, settings[key], "an integer number of seconds >= 1, or null",
+                          lambda v: isinstance(v, int) and v >= 1)
+    if settings.get("max_retry") is not None:
+        _check_number("max_retry", settings["max_retry"], "an integer >= 0, or null (no limit)",
+                      lambda v: isinstance(v, int) and v >= 0)
+    _check_number("n_trials", settings.get("n_trials"), "an integer >= 1",
+                  lambda v: isinstance(v, int) and v >= 1)
+    _check_number("max_failure_rate", settings.get("max_failure_rate"), "a number from 0 to 1",
+                  lambda v: 0 <= v <= 1)
+    if settings.get("timeout") is not None:
+        _check_number("timeout", settings["timeout"],
+                      "a number of seconds > 0, or null (no time limit)", lambda v: v > 0)
+    sampler = str((settings.get("sampler") or {}).get("_target_", ""))
+    if not sampler.startswith(SAMPLER_PACKAGES):
+        raise UserError(f"hydra.sweeper.sampler._target_={sampler!r} is not allowed; allowed: "
+                        f"an optuna.samplers class, e.g. hydra/sweeper/sampler={SAMPLERS}")
+    pruner = str((settings.get("pruner") or {}).get("_target_", "optuna.pruners.NopPruner"))
+    if not pruner.startswith(PRUNER_PACKAGE):
+        raise UserError(f"hydra.sweeper.pruner._target_={pruner!r} is not allowed; allowed: "
+                        f"an optuna.pruners class, e.g. hydra/sweeper/pruner={PRUNERS}")
+    if settings.get("heartbeat_interval") is None:
+        return None
+    return Heartbeat(settings["heartbeat_interval"], settings.get("grace_period"),
+                     settings.get("max_retry"))
+
+
+def _check_number(key: str, value: object, allowed: str, ok) -> None:
+    if not is_number(value) or not ok(value):
+        raise UserError(f"hydra.sweeper.{key}={value!r} is not allowed; allowed: {allowed}")
+
+
+def build_pruner(config: Any) -> optuna.pruners.BasePruner:
+    """The pruner `hydra.sweeper.pruner` names; none (every trial runs all its steps) when unset.
+    The sweep and its jobs build it the same way, so a job prunes as the study does."""
+    if not config:
+        return optuna.pruners.NopPruner()
+    return instantiate(config, _execution_whitelist_=PRUNER_TARGETS)
+
+
+def build_sampler(config: Any, **overrides: Any):
+    """The sampler `hydra.sweeper.sampler` names (the grid sampler's is a partial: it needs
+    the search space)."""
+    return instantiate(config, **overrides, _execution_whitelist_=SAMPLER_TARGETS)
+
+
+def directions_of(direction: Any) -> list[str]:
+    """`direction` as the config gives it (a name, an enum member, or a list of them)."""
+    values = list(direction) if isinstance(direction, Sequence) and not isinstance(direction, str) \
+        else [direction]
+    return [v.name if isinstance(v, enum.Enum) else str(v) for v in values]
+
+
+def parse_space(entries: list[str]) -> tuple[dict, dict, list]:
+    """The stock sweeper's reading of `params` and sweep arguments; an entry it cannot read is
+    named in one line."""
+    try:
+        return parse_sweep_overrides(entries)
+    except Exception:
+        for entry in entries:  # find the one to name
+            try:
+                parse_sweep_overrides([entry])
+            except Exception as error:
+                raise UserError(
+                    f"hydra.sweeper.params: {entry!r} cannot be read ({first_line(error)}); "
+                    "allowed: Hydra's sweep syntax, e.g. choice(a,b), range(1,5), "
+                    "interval(0.1,0.5), tag(log, interval(1e-4,1e-1))") from None
+        raise
+
+
+def grid_choices(distribution: BaseDistribution) -> list:
+    """The points of a discrete distribution, for the grid sampler; ValueError for others."""
+    if isinstance(distribution, CategoricalDistribution):
+        return list(distribution.choices)
+    if isinstance(distribution, IntDistribution):
+        return list(range(distribution.low, distribution.high + 1, distribution.step))
+    if isinstance(distribution, FloatDistribution) and distribution.step is not None:
+        steps = round((distribution.high - distribution.low) / distribution.step)
+        return [distribution.low + k * distribution.step for k in range(steps + 1)]
+    raise ValueError(f"the grid sampler takes discrete distributions only, not {distribution}")
+
+
+def grid_of(sampler: Any, space: dict[str, BaseDistribution]) -> dict[str, list] | None:
+    """The grid when `sampler` is the stock `grid` one (a partial until the space is known);
+    else None."""
+    if getattr(sampler, "func", None) is not optuna.samplers.GridSampler:
+        return None
+    try:
+        return {name: grid_choices(d) for name, d in space.items()}
+    except ValueError as error:
+        raise UserError(f"hydra/sweeper/sampler=grid needs discrete parameters ({error}); "
+                        "allowed: choice(...), range(...), int(interval(...))") from None
+
+
+def grid_size(grid: dict[str, list]) -> int:
+    return math.prod(len(v) for v in grid.values())
