@@ -1,11 +1,5 @@
-"""Refit a sweep's best trial on all its training data and measure it on the test set
-(the command: mlp_sweep.refit).
-
-The search chose the trial on validation accuracy; that trial's model never saw the validation
-images. The refit trains the same config again on training + validation images (nothing held
-out), for the same `trainer.epochs`, once per seed, and reports the test accuracy as mean ± std.
-Each seed's run goes to SWEEP_DIR/refit/seed_N/; the summary to SWEEP_DIR/refit.json.
-"""
+"""The refit behind `python -m mlp_sweep.refit` (where its method is described): the sweep's
+best trial, or a trial's own folder, trained again on training + validation images per seed."""
 
 import json
 import logging

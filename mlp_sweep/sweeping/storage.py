@@ -77,14 +77,14 @@ def _rdb_storage(spec: str, heartbeat: Heartbeat | None) -> optuna.storages.RDBS
         heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
             heartbeat.max_retry))
-    for attempt in range(SCHEMA_ATTEMPTS):
+    for attempt in range(1, SCHEMA_ATTEMPTS):
         try:
             return optuna.storages.RDBStorage(spec, **settings)
         except sqlalchemy.exc.DBAPIError as error:
-            if attempt == SCHEMA_ATTEMPTS - 1 or not _lost_schema_race(error):
+            if not _lost_schema_race(error):
                 raise
-            time.sleep(random.uniform(0.05, 0.5) * (attempt + 1))
-    raise AssertionError("unreachable")
+            time.sleep(random.uniform(0.05, 0.5) * attempt)
+    return optuna.storages.RDBStorage(spec, **settings)  # the last attempt raises what it meets
 
 
 def _lost_schema_race(error: Exception) -> bool:
