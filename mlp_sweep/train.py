@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
-from mlp_sweep.sweeping.trial_link import TrialLink, trial_identity
+from mlp_sweep.sweeping.trial_link import TrialLink, stop_at_budget, trial_identity
 from mlp_sweep.training import run_dirs
 from mlp_sweep.training.engine import EpochMetrics
 from mlp_sweep.training.run import train_run
@@ -39,9 +39,10 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
 
     def report(metrics: EpochMetrics) -> None:
+        last = metrics.epoch == cfg.trainer.epochs
         if trial:
-            trial.report(getattr(metrics, cfg.objective), metrics.epoch,
-                         last=metrics.epoch == cfg.trainer.epochs)
+            trial.report(getattr(metrics, cfg.objective), metrics.epoch, last=last)
+        stop_at_budget(metrics.epoch, last=last)
 
     return train_run(cfg, run_dir, on_epoch=report, tracker_identity=trial_identity(trial))
 

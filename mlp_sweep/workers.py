@@ -10,14 +10,20 @@ time (`hydra.sweeper.n_jobs=1`) and its own sweep folder; it asks the study for 
 soon as its last one ends, so no worker waits for a batch's slowest trial as joblib batches do.
 `n_trials` is the study's total across workers. The same command on other hosts, pointed at the
 same PostgreSQL storage, adds workers there: this is Optuna's own distributed mode.
+
+On a machine with GPUs each worker gets one (CUDA_VISIBLE_DEVICES), round-robin over the visible
+ones; `--gpus 0,2` chooses them, `--workers-per-gpu N` puts N workers on each, and
+`trainer.device=auto` trains on the worker's GPU. Each output line names its worker.
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from mlp_sweep.errors import UserError, error_line
-from mlp_sweep.sweeping.worker_pool import run_workers, worker_commands
+from mlp_sweep.sweeping.worker_pool import (run_workers, worker_commands, worker_environments,
+                                            worker_gpus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,15 +33,41 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every worker")
     parser.add_argument("--config-dir", type=Path, help="a folder of your own configs, added to "
                         "the search path after the package's (hydra.searchpath)")
+    parser.add_argument("--gpus", type=_indexes, help="the GPUs to use, as indexes among the "
+                        "visible ones (e.g. 0,2); default: all visible")
+    parser.add_argument("--workers-per-gpu", type=int, help="workers sharing one GPU (small "
+                        "models); default 1")
     args = parser.parse_intermixed_args(argv)  # --config-dir anywhere among the overrides
     if args.workers < 1:
         parser.error(f"workers={args.workers}: allowed: an integer >= 1")
     try:
+        gpus = worker_gpus(args.workers, visible_gpus(), args.gpus, args.workers_per_gpu)
         commands = worker_commands(args.workers, args.overrides, args.config_dir)
     except UserError as error:
         print(error_line(error), file=sys.stderr)
         return 1
-    return run_workers(commands)
+    for k, gpu in enumerate(gpus):
+        if gpu is not None:
+            print(f"worker {k}: GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", file=sys.stderr)
+    return run_workers(commands, worker_environments(gpus))
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indexes or UUIDs)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    import torch  # only here: the sweep workers import it themselves
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _indexes(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a list of GPU indexes; allowed: "
+                                         "e.g. 0 or 0,2") from None
 
 
 if __name__ == "__main__":

@@ -67,7 +67,7 @@ def test_a_narrowed_space_without_the_presets_first_trial_is_one_line(tmp_path, 
     assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "narrow").exists()
 
 
-def test_timeout_stops_asking_for_trials_and_lets_the_running_one_finish(tmp_path, mnist_root):
+def test_timeout_stops_asking_for_trials_and_a_rerun_adds_to_the_study(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     started = time.time()
     result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",

@@ -68,7 +68,8 @@ class StudyRecord:
         """(trial number, value) in trial order: from the study when stored, else from the
         sweep's job folders, whose numbers follow the trials."""
         if self.trials:
-            return [(t.number, t.value if t.state.name == "COMPLETE" else None) for t in self.trials]
+            return [(t.number, t.value if t.state.name == "COMPLETE" else None)
+                    for t in self.trials if _state_name(t) != "imported"]
         mine = [r for r in runs if r.folder.parent.resolve() == self.sweep_dir.resolve()
                 and r.folder.name.isdigit()]
         return [(int(r.folder.name), (r.metrics or {}).get(metric) if r.state == "completed" else None)
@@ -143,7 +144,12 @@ def _importances_unavailable(record: "StudyRecord") -> str:
 
 
 def _state_name(trial) -> str:
-    """A trial's state in the words run folders use (completed, pruned, failed, running)."""
+    """A trial's state in the words run folders use (completed, pruned, failed, running), or
+    imported: a warm start copied it from an earlier study, no run of this sweep."""
+    from mlp_sweep.sweeping.warm_start import IMPORTED  # trials come from Optuna: it is loaded
+
+    if IMPORTED in trial.user_attrs:
+        return "imported"
     return OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
 
 
@@ -160,7 +166,7 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
         if record.storage:
             record.study, record.load_error = _load_study(record.name, record.storage)
             record.trials = record.study.get_trials(deepcopy=False) if record.study else []
-            complete = [t for t in record.trials if t.state.name == "COMPLETE"]
+            complete = [t for t in record.trials if _state_name(t) == "completed"]
             if complete and record.best_value is None:
                 best = max(complete, key=lambda t: t.value)  # the presets maximise
                 record.best_value, record.best_params = best.value, best.params

@@ -33,7 +33,7 @@ def checked_trials(entries: Any, space: dict[str, BaseDistribution],
             if key not in space:
                 raise UserError(f"{where} is not in the search space; allowed: "
                                 f"{', '.join(sorted(space))}")
-            if not _fits(space[key], value):
+            if not fits(space[key], value):
                 raise UserError(f"{where} is outside its range; allowed: {describe(space[key])} "
                                 "(or hydra.sweeper.enqueue_trials=[] to start without it)")
         sets.append({key: value for key, value in params.items() if key not in fixed})
@@ -46,7 +46,7 @@ def enqueue(study: optuna.Study, trials: list[dict[str, Any]]) -> None:
         study.enqueue_trial(params, skip_if_exists=True)
 
 
-def _fits(distribution: BaseDistribution, value: Any) -> bool:
+def fits(distribution: BaseDistribution, value: Any) -> bool:
     if isinstance(distribution, CategoricalDistribution):
         return value in distribution.choices
     if isinstance(value, bool) or not isinstance(value, (int, float)):

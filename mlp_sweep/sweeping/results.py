@@ -12,6 +12,7 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.files import load_yaml, write_yaml
+from mlp_sweep.sweeping.warm_start import IMPORTED, own_trials
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +24,10 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
         return
     if len(study.directions) > 1:
         return _write_pareto_front(study, sweep_dir)
-    best = study.best_trial
+    best = best_own_trial(study)
+    if best is None:
+        log.warning("No trial of this study's own completed: no best to report")
+        return
     OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                      "best_value": best.value}),
                    sweep_dir / "optimization_results.yaml")
@@ -35,7 +39,7 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> None:
 def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
     """Several objectives have no single best: the stock sweeper's Pareto-front record, and
     best.yaml listing the front's trials."""
-    front = study.best_trials
+    front = [t for t in study.best_trials if IMPORTED not in t.user_attrs]
     OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": [
         {"params": t.params, "values": t.values} for t in front]}),
         sweep_dir / "optimization_results.yaml")
@@ -44,6 +48,16 @@ def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
         "pareto_front": [{**trial_record(t), "values": t.values} for t in front],
     })
     log.info(f"Pareto front of {len(front)} trial(s) written to {sweep_dir}/best.yaml")
+
+
+def best_own_trial(study: optuna.Study) -> FrozenTrial | None:
+    """The best completed trial the study's sweeps ran (a warm start's imported trials were
+    trained elsewhere); None when none completed or the study has several objectives."""
+    complete = [t for t in own_trials(study) if t.state == TrialState.COMPLETE]
+    if not complete or len(study.directions) > 1:
+        return None
+    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
+    return pick(complete, key=lambda t: t.value)
 
 
 def trial_record(trial: FrozenTrial) -> dict:

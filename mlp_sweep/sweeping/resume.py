@@ -21,6 +21,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.sweeping.optuna_compat import record_heartbeat, set_user_attr
 from mlp_sweep.sweeping.storage import Heartbeat
+from mlp_sweep.sweeping.warm_start import own_trials
 
 log = logging.getLogger(__name__)
 
@@ -33,8 +34,9 @@ UNLABELLED_GRACE = datetime.timedelta(seconds=60)
 
 def counted(study: optuna.Study) -> list[FrozenTrial]:
     """The trials that use up `n_trials`: all but those interrupted, asked in surplus, or failed
-    for want of a heartbeat and run again (their retry is counted instead)."""
-    trials = study.get_trials(deepcopy=False)
+    for want of a heartbeat and run again (their retry is counted instead), and those a warm
+    start imported."""
+    trials = own_trials(study)
     retried = {number for t in trials for number in _retried_from(t)}
     return [t for t in trials
             if not (t.state == TrialState.FAIL

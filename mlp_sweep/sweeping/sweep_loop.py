@@ -1,6 +1,6 @@
 """The sweep's ask–launch–tell loop: ask the study for up to `n_jobs` trials, launch them as
 Hydra jobs through the configured launcher, tell the study how each ended, until `n_trials` or
-`timeout`.
+`timeout` (after which, with `on_timeout: prune`, running trials stop at their next report).
 
 Each job gets its trial's id in its environment (mlp_sweep.sweeping.trial_link), reports per step
 and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
@@ -27,16 +27,19 @@ from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping import resume
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
-from mlp_sweep.sweeping.results import write_results
+from mlp_sweep.sweeping.progress import SweepProgress
+from mlp_sweep.sweeping.results import best_own_trial, trial_record, write_results
 from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
                                                parse_space)
-from mlp_sweep.sweeping.trial_link import TRIAL_ID_VARIABLE
+from mlp_sweep.sweeping.trial_link import DEADLINE_VARIABLE, TRIAL_ID_VARIABLE, BudgetReached
+from mlp_sweep.sweeping.warm_start import import_trials, trials_to_import
 
 log = logging.getLogger(__name__)
 
 UNRECORDABLE = "unrecordable"  # a FAIL trial's user attribute: its job's value, not its job, failed
+PRUNED_BY = "pruned_by"        # a PRUNED trial's user attribute: "pruner", or "budget" (the timeout)
 
 
 class SweepLoop:
@@ -45,14 +48,17 @@ class SweepLoop:
     def __init__(self, *, sampler_config: Any, directions: list[str], storage: str | None,
                  study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
                  params: dict, pruner: optuna.pruners.BasePruner, custom_search_space: Any,
-                 timeout: float | None, heartbeat: Heartbeat | None, enqueue_trials: Any,
-                 config: Any, launcher: Any) -> None:
+                 timeout: float | None, on_timeout: str, heartbeat: Heartbeat | None,
+                 enqueue_trials: Any, warm_start: Any, progress: Any, config: Any,
+                 launcher: Any) -> None:
         self.sampler_config, self.directions = sampler_config, directions
         self.storage, self.study_name = storage, study_name
         self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.params, self.pruner, self.timeout = params, pruner, timeout
+        self.params, self.pruner = params, pruner
+        self.timeout, self.on_timeout = timeout, on_timeout
         self.custom_search_space = custom_search_space
-        self.heartbeat, self.enqueue_trials = heartbeat, enqueue_trials
+        self.heartbeat, self.enqueue_trials, self.warm_start = heartbeat, enqueue_trials, warm_start
+        self.progress_settings = progress
         self.config, self.launcher = config, launcher
         self.other_workers = resume.OtherWorkers(heartbeat)
 
@@ -63,6 +69,7 @@ class SweepLoop:
         for name in fixed_params:
             space.pop(name, None)
         first_trials = checked_trials(self.enqueue_trials, space, fixed_params)
+        imported = trials_to_import(self.warm_start, self.storage, space, self.directions)
         sampler = build_sampler(self.sampler_config)
         grid = grid_of(sampler, space)
         if grid is not None:
@@ -74,13 +81,29 @@ class SweepLoop:
                              self.directions, self.heartbeat)
         check_same_settings(study, study_settings(self.config, space), self.storage)
         resume.fail_interrupted(study)
+        import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
         log.info(f"Study {study.study_name} in {self.storage or 'memory'}: "
                  f"{len(resume.counted(study))} of {self.n_trials} trials recorded or running; "
                  f"pruner {type(self.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        # The wall-clock moment the budget ends, for the jobs: with on_timeout=prune they stop
+        # at their first epoch report after it.
+        self.deadline = (time.time() + self.timeout - (time.monotonic() - started)
+                         if self.timeout is not None and self.on_timeout == "prune" else None)
+        self.progress = SweepProgress(self.progress_settings, sweep_dir=sweep_dir,
+                                      n_trials=self.n_trials, timeout=self.timeout, started=started)
+        try:
+            self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
+        finally:
+            self.progress.close()
+        write_results(study, sweep_dir)
+        best = best_own_trial(study)
+        self.progress.ended(study, best, best and trial_record(best)["command"])
 
+    def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], sweep_dir: Path,
+              fixed_params: dict, fixed_overrides: list[str], started: float) -> None:
         while True:
             if self.timeout is not None and time.monotonic() - started >= self.timeout:
                 log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
@@ -99,8 +122,8 @@ class SweepLoop:
             returns = self._launch(study, trials, fixed_params, fixed_overrides)
             for trial, job in zip(trials, returns):
                 self._tell(study, trial, job)
+                self.progress.trial_ended(study, trial.number)
             self._stop_on_failures(study, returns)
-        write_results(study, sweep_dir)
 
     def _reseed_on_resume(self, study: optuna.Study, grid: dict | None) -> None:
         """The same seed would replay the random start-up points the study already holds: on a
@@ -128,13 +151,23 @@ class SweepLoop:
         overrides = [
             (*self._job_overrides(trial, fixed_params, fixed_overrides),
              f"hydra.sweep.subdir={trial.number}",
-             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}")
+             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}",
+             f"+hydra.job.env_set.{DEADLINE_VARIABLE}={self.deadline or 'none'}",
+             *self._quiet_console())
             for trial in trials
         ]
         with contextlib.ExitStack() as beating:
             for trial in trials:
                 beating.enter_context(heartbeat_thread(study, trial))
             return self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+
+    def _quiet_console(self) -> list[str]:
+        """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the
+        search's, each job's INFO lines stay in its log file (Hydra's default job_logging)."""
+        console = OmegaConf.select(self.config, "hydra.job_logging.handlers.console")
+        if not self.progress_settings.quiet_jobs or console is None:
+            return []
+        return ["++hydra.job_logging.handlers.console.level=WARNING"]
 
     def _job_overrides(self, trial: optuna.Trial, fixed_params: dict,
                        fixed_overrides: list[str]) -> list[str]:
@@ -159,8 +192,7 @@ class SweepLoop:
             state = self._failed(trial, error)
         else:
             if isinstance(value, optuna.TrialPruned):  # mlp_sweep.train returns it, not raises
-                state = TrialState.PRUNED
-                log.info(f"Trial {trial.number} pruned: {value}")
+                state = self._pruned(trial, value)
             else:
                 try:
                     values = objective_values(value, len(self.directions))
@@ -177,14 +209,18 @@ class SweepLoop:
 
     def _failed(self, trial: optuna.Trial, error: BaseException) -> TrialState:
         if isinstance(error, optuna.TrialPruned):  # a task may raise it instead of returning it
-            log.info(f"Trial {trial.number} pruned: {error}")
-            return TrialState.PRUNED
+            return self._pruned(trial, error)
         reason = f"{type(error).__name__}: {error}"
         trial.set_user_attr("fail_reason", reason)
         status = Path(trial.user_attrs.get("run_dir", ""), "status.json")
         log.warning(f"Trial {trial.number} failed: {reason}"
                     + (f" (traceback in {status})" if status.is_file() else ""))
         return TrialState.FAIL
+
+    def _pruned(self, trial: optuna.Trial, pruned: optuna.TrialPruned) -> TrialState:
+        trial.set_user_attr(PRUNED_BY, "budget" if isinstance(pruned, BudgetReached) else "pruner")
+        log.debug(f"Trial {trial.number} pruned: {pruned}")
+        return TrialState.PRUNED
 
     def _stop_on_failures(self, study: optuna.Study, returns: list[JobReturn]) -> None:
         """Jobs that raised, beyond `max_failure_rate` of `n_trials`, stop the sweep with the last

@@ -25,6 +25,7 @@ PRUNER_PACKAGE = "optuna.pruners."
 PRUNER_TARGETS = [f"{PRUNER_PACKAGE}*"]
 SAMPLERS = "tpe, random, cmaes, nsgaii, nsgaiii, qmc, gp, grid"
 PRUNERS = "none, median, successive_halving, hyperband"
+ON_TIMEOUT = ("finish", "prune")  # what running trials do at hydra.sweeper.timeout
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
@@ -44,6 +45,9 @@ def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
     if settings.get("timeout") is not None:
         _check_number("timeout", settings["timeout"],
                       "a number of seconds > 0, or null (no time limit)", lambda v: v > 0)
+    if settings.get("on_timeout") not in ON_TIMEOUT:
+        raise UserError(f"hydra.sweeper.on_timeout={settings.get('on_timeout')!r} is not allowed; "
+                        f"allowed: {', '.join(ON_TIMEOUT)}")
     sampler = str((settings.get("sampler") or {}).get("_target_", ""))
     if not sampler.startswith(SAMPLER_PACKAGES):
         raise UserError(f"hydra.sweeper.sampler._target_={sampler!r} is not allowed; allowed: "

@@ -32,13 +32,15 @@ class MlpOptunaSweeper(Sweeper):
                  n_trials: Any, n_jobs: int, max_failure_rate: Any, params: Any = None,
                  pruner: Any = None, custom_search_space: str | None = None, timeout: Any = None,
                  heartbeat_interval: Any = None, grace_period: Any = None,
-                 max_retry: Any = 3, enqueue_trials: Any = None) -> None:
+                 max_retry: Any = 3, enqueue_trials: Any = None, on_timeout: Any = "finish",
+                 warm_start: Any = None, progress: Any = None) -> None:
         self.settings = dict(
             sampler=sampler, direction=direction, storage=storage, study_name=study_name,
             n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
             pruner=pruner, custom_search_space=custom_search_space, timeout=timeout,
             heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry, enqueue_trials=enqueue_trials)
+            max_retry=max_retry, enqueue_trials=enqueue_trials, on_timeout=on_timeout,
+            warm_start=warm_start, progress=progress or ProgressConf())
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -75,8 +77,21 @@ class MlpOptunaSweeper(Sweeper):
             params=s["params"] or {}, pruner=build_pruner(s["pruner"]),
             custom_search_space=instantiate({"_target_": extend, "_partial_": True},
                                             _execution_whitelist_=[extend]) if extend else None,
-            timeout=s["timeout"], heartbeat=heartbeat, enqueue_trials=s["enqueue_trials"],
-            config=self.config, launcher=self.launcher)
+            timeout=s["timeout"], on_timeout=s["on_timeout"], heartbeat=heartbeat,
+            enqueue_trials=s["enqueue_trials"], warm_start=s["warm_start"],
+            progress=s["progress"], config=self.config, launcher=self.launcher)
+
+
+@dataclass
+class ProgressConf:
+    """`hydra.sweeper.progress`: what the sweep shows while it runs (sweeping/progress.py)."""
+
+    metric: str = "value"     # the objective's name in the lines; the presets: ${objective}
+    percent: bool = False     # values as percentages (accuracies)
+    bar: bool = True          # a bar for the whole search, shown on a terminal only
+    quiet_jobs: bool = True   # the trials' INFO lines go to their log files, not the console
+    # Shown when the sweep ends, {sweep_dir} replaced; null: the command of the best trial's run.
+    next_command: Any = None
 
 
 @dataclass
@@ -84,9 +99,12 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mlp_sweep.sweeping.sweeper_plugin.MlpOptunaSweeper"
     defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
     pruner: Any = MISSING  # from the hydra/sweeper/pruner group below
-    # Seconds after which no new trial starts (running trials finish), counted from this
-    # command's start, as Optuna's own `study.optimize(timeout=...)`; null = no limit.
+    # Seconds after which no new trial starts, counted from this command's start; null = no limit.
     timeout: Any = None
+    # What the running trials do at the timeout: finish (Optuna's `study.optimize(timeout=...)`),
+    # or prune: stop at their next report, recorded PRUNED by the budget, so that the search ends
+    # within about one epoch of its timeout.
+    on_timeout: Any = "finish"
     # Dead workers on any host (RDB storages): a running trial records a heartbeat every
     # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is
     # failed before the next trial is asked, and run again with its params up to max_retry times.
@@ -96,6 +114,10 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # Parameter sets run first, e.g. [{model.width: 512}]: counted in n_trials; a partial set
     # lets the sampler choose the rest; queued once per study, so a resume adds no copy.
     enqueue_trials: Any = None
+    # An earlier study whose finished trials that fit this space start this one informed (a name
+    # in the same storage, or {study_name: NAME, storage: URL}); imported, not counted in n_trials.
+    warm_start: Any = None
+    progress: ProgressConf = field(default_factory=ProgressConf)
 
 
 @dataclass

@@ -10,6 +10,7 @@ the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_envi
 
 import logging
 import os
+import time
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,23 @@ from mlp_sweep.sweeping.sweep_settings import build_pruner
 log = logging.getLogger(__name__)
 
 TRIAL_ID_VARIABLE = "MLP_SWEEP_TRIAL_ID"
+# Unix time at which the sweep's budget ends, for `hydra.sweeper.on_timeout: prune`; "none" else.
+DEADLINE_VARIABLE = "MLP_SWEEP_DEADLINE"
+
+
+class BudgetReached(optuna.TrialPruned):
+    """The sweep's time budget ended while this trial ran: it stops at its epoch report and is
+    recorded PRUNED, with the budget as the reason."""
+
+
+def stop_at_budget(step: int, last: bool = False) -> None:
+    """Raise BudgetReached when the sweep running this job has used its time budget
+    (`hydra.sweeper.timeout` with `on_timeout: prune`); after the `last` step the trial completes."""
+    deadline = os.environ.get(DEADLINE_VARIABLE, "none")
+    if last or deadline == "none" or time.time() < float(deadline):
+        return
+    log.info(f"stopped after step {step}: the sweep's time budget (hydra.sweeper.timeout) is spent")
+    raise BudgetReached(f"the budget (hydra.sweeper.timeout) ended after step {step}")
 
 
 class TrialLink:
@@ -66,6 +84,7 @@ def report(value: float, step: int) -> None:
     link = _links[key]
     if link is not None:
         link.report(value, step)
+    stop_at_budget(step)
 
 
 def _study_of_this_job() -> tuple[str | None, str | None, str]:

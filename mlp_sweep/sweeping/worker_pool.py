@@ -5,7 +5,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
+from typing import IO
 
 from hydra import compose, initialize_config_module
 
@@ -45,9 +47,52 @@ def worker_commands(workers: int, overrides: list[str],
     ]
 
 
-def run_workers(commands: list[list[str]]) -> int:
-    """Start every worker, wait for all; Ctrl-C or SIGTERM is passed on to each of them."""
-    processes = [subprocess.Popen(command) for command in commands]
+def worker_gpus(workers: int, visible: list[str], chosen: list[int] | None = None,
+                per_gpu: int | None = None) -> list[str | None]:
+    """The GPU each worker sees (its CUDA_VISIBLE_DEVICES), round-robin over the `chosen`
+    indexes into `visible` (all by default), `per_gpu` workers on one GPU before the next;
+    None for every worker on a machine without a GPU, where nothing changes."""
+    if per_gpu is not None and per_gpu < 1:
+        raise UserError(f"--workers-per-gpu {per_gpu} is not allowed; allowed: an integer >= 1")
+    if not visible:
+        if chosen or per_gpu is not None:
+            flag = f"--gpus {','.join(map(str, chosen))}" if chosen else f"--workers-per-gpu {per_gpu}"
+            raise UserError(f"{flag}: this machine has no visible GPU; allowed: leave it out")
+        return [None] * workers
+    indexes = list(range(len(visible))) if chosen is None else chosen
+    missing = [i for i in indexes if not 0 <= i < len(visible)]
+    if missing or not indexes:
+        raise UserError(f"--gpus {','.join(map(str, indexes))}: GPU {missing[0] if missing else ''} "
+                        f"is not there; allowed: indexes among the {len(visible)} visible GPU(s), "
+                        f"{', '.join(map(str, range(len(visible))))}")
+    slots = [visible[i] for i in indexes for _ in range(per_gpu or 1)]
+    return [slots[k % len(slots)] for k in range(workers)]
+
+
+def worker_environments(gpus: list[str | None]) -> list[dict[str, str]]:
+    """Each worker's environment: this one, its GPU, and output written line by line (the pool
+    prefixes each line with the worker's name)."""
+    environments = []
+    for gpu in gpus:
+        environment = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        if gpu is not None:
+            environment["CUDA_VISIBLE_DEVICES"] = gpu
+        environments.append(environment)
+    return environments
+
+
+def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | None = None) -> int:
+    """Start every worker, wait for all; Ctrl-C or SIGTERM is passed on to each of them. Their
+    output comes here line by line, each line named by its worker, so that lines never tangle."""
+    environments = environments or [None] * len(commands)
+    processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True, errors="replace")
+                 for command, environment in zip(commands, environments)]
+    lock = threading.Lock()
+    relays = [threading.Thread(target=_relay, args=(p.stdout, f"[worker {k}] ", lock), daemon=True)
+              for k, p in enumerate(processes)]
+    for relay in relays:
+        relay.start()
 
     def stop(signum, frame):  # noqa: ARG001 - signal handler signature
         for process in processes:
@@ -57,7 +102,20 @@ def run_workers(commands: list[list[str]]) -> int:
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
         codes = [process.wait() for process in processes]
+        for relay in relays:
+            relay.join()
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
     return max(codes, key=abs)
+
+
+def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
+    """Copy a worker's output to this process's, whole lines at a time, each with `prefix`;
+    a progress bar's carriage returns end a line too."""
+    for line in stream:
+        for part in line.rstrip("\n").split("\r"):
+            if part.strip():
+                with lock:
+                    sys.stdout.write(prefix + part + "\n")
+                    sys.stdout.flush()

@@ -88,6 +88,9 @@ def validate(cfg: DictConfig) -> None:
     _positive_int("trainer.epochs", cfg.trainer.epochs)
     _positive_int("trainer.batch_size", cfg.trainer.batch_size)
     _positive_int("trainer.threads", cfg.trainer.threads, allow_zero=True)
+    progress = cfg.trainer.get("progress", "auto")
+    if progress not in (True, False, "auto"):
+        raise ConfigError(f"trainer.progress={progress!r} is not allowed; allowed: auto, true, false")
     _one_of("objective", cfg.objective, OBJECTIVES)
     if cfg.objective == "val_accuracy" and not cfg.dataset.get("val_size"):
         raise ConfigError(

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import optuna
 import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mlp_sweep.errors import UserError
@@ -67,7 +69,8 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
 
     splits = _on_device(load_splits(cfg.dataset), device)
     model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
-    log.info(f"Model: {model}")
+    # In a sweep the console shows the search, not each trial's model: that goes to its log file.
+    (_log_to_files_only if in_sweep() else log.info)(f"Model: {model}")
     log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
              f"schedule {type(schedule.scheduler).__name__ if schedule else 'none'}; "
              f"augment {type(augment).__name__ if augment else 'none'}; "
@@ -93,7 +96,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
     try:
         history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
                       torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-                      progress=cfg.trainer.progress, loss_fn=loss_fn, augment=augment,
+                      progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn, augment=augment,
                       schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
         if record:
             record.completed(model)
@@ -111,6 +114,25 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                  f"({kept.val_accuracy:.2%})")
     log.info(f"test accuracy: {kept.test_accuracy:.2%}")
     return objective
+
+
+def in_sweep() -> bool:
+    """True in a job of a Hydra multirun (a grid or a search), False in a single run or outside
+    Hydra."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def _log_to_files_only(message: str) -> None:
+    """An INFO record for the log files of the root logger (Hydra's job log), not the console."""
+    record = log.makeRecord(log.name, logging.INFO, __file__, 0, message, None, None)
+    for handler in logging.getLogger().handlers:
+        if isinstance(handler, logging.FileHandler) and record.levelno >= handler.level:
+            handler.handle(record)
+
+
+def show_bars(progress: bool | str) -> bool:
+    """`trainer.progress`: true, false, or auto (bars in a single run; a sweep shows its own)."""
+    return not in_sweep() if progress == "auto" else bool(progress)
 
 
 def end_state(error: BaseException) -> str:

@@ -6,6 +6,7 @@ custom search space) and a curve to prune.
 """
 
 import math
+import time
 
 import hydra
 import optuna
@@ -20,6 +21,7 @@ def sphere(cfg: DictConfig):
         raise RuntimeError("cfg.error is True")
     value = cfg.x ** 2 + cfg.y ** 2
     for step in range(cfg.steps):  # a value that improves per step, for the pruner to watch
+        time.sleep(cfg.step_seconds)
         report(value + 1 / (step + 1), step)
     if cfg.nan_above is not None and cfg.x > cfg.nan_above:
         return math.nan

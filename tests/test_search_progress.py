@@ -1,0 +1,154 @@
+"""Watching and steering a search: a line per ended trial, the sweep's last lines, a time budget
+that prunes the running trials (or lets them finish), with one sweep process and with workers.
+
+The sweeper's side runs on tests/sweeper_app/sphere.py in this process (Hydra's test utility);
+the project's own app and the workers in subprocesses, where the console and the process are the
+point.
+"""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from conftest import SMALL_DATA, run_cli
+from test_sweeper_parity import storage_of, study_of, sweep
+
+LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED|FAIL)\b.* · (\d+) trials: [a-z0-9, ]+ · \d+:\d\d( of \d+:\d\d)?$")
+
+
+def progress_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if LINE.match(line)]
+
+
+def test_each_ended_trial_prints_one_line_with_the_best_so_far(tmp_path, capsys):
+    with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "hydra.sweeper.n_trials=6",
+               "steps=3", "hydra/sweeper/pruner=median"):
+        study = study_of(tmp_path)
+        logged = (tmp_path / "sweep" / "sweep.log").read_text().splitlines()
+    printed = capsys.readouterr().out
+    lines = progress_lines(printed)
+    assert lines == progress_lines("\n".join(logged))  # the same lines on the console and in the file
+    assert [int(LINE.match(line).group(1)) for line in lines] == list(range(6))
+    assert [int(LINE.match(line).group(3)) for line in lines] == list(range(1, 7))
+    for line, trial in zip(lines, study.trials):
+        assert LINE.match(line).group(2) == trial.state.name
+        if trial.state == TrialState.COMPLETE:  # its value, and the step of its best report
+            best_step = min(trial.intermediate_values, key=trial.intermediate_values.get)
+            assert f"value {trial.value:.4g} (epoch {best_step})" in line
+    best_so_far = min((t for t in study.trials if t.state == TrialState.COMPLETE), key=lambda t: t.value)
+    assert f"best {best_so_far.value:.4g} (trial {best_so_far.number})" in lines[-1]
+    counts = {state: sum(t.state == state for t in study.trials) for state in TrialState}
+    assert f"6 trials: {counts[TrialState.COMPLETE]} complete" in lines[-1]
+    # The end: the best trial, its parameters, the command that runs it again.
+    end = logged[-3:]
+    assert end[0].startswith("search ended after ") and end[0].endswith(
+        f"best trial {study.best_trial.number}, value {study.best_value:.4g}")
+    assert end[1] == "  params: " + " ".join(f"{k}={v}" for k, v in study.best_trial.params.items())
+    assert end[2].startswith("  next: ") and f"x={study.best_trial.params['x']}" in end[2]
+
+
+@pytest.mark.parametrize("storage", [True, False])
+def test_at_the_budget_the_running_trial_is_pruned_at_its_next_report(tmp_path, storage):
+    with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path) if storage else 'null'}",
+               "hydra.sweeper.timeout=1", "hydra.sweeper.on_timeout=prune",
+               "steps=200", "step_seconds=0.02"):  # a trial of 4 s
+        logged = (tmp_path / "sweep" / "sweep.log").read_text()
+        trials = study_of(tmp_path).trials if storage else None
+    assert progress_lines(logged)[0].startswith("trial 0 PRUNED")
+    assert "by the budget" in progress_lines(logged)[0]
+    assert len(progress_lines(logged)) == 1  # no trial starts after the budget
+    if storage:
+        (trial,) = trials
+        assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_by"] == "budget"
+        assert 0 < len(trial.intermediate_values) < 200  # stopped at a report, past the first
+
+
+def test_with_finish_the_running_trial_completes_past_the_budget(tmp_path):
+    with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
+               "hydra.sweeper.timeout=1", "hydra.sweeper.on_timeout=finish",
+               "steps=100", "step_seconds=0.02"):  # a trial of 2 s
+        (trial,) = study_of(tmp_path).trials
+    assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 100
+    assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 1
+
+
+def test_a_bad_on_timeout_is_one_line(tmp_path, capsys, caplog):
+    with pytest.raises(SystemExit) as stopped, sweep(tmp_path, "hydra.sweeper.on_timeout=kill"):
+        pass
+    assert stopped.value.code == 1
+    assert "Error: hydra.sweeper.on_timeout='kill' is not allowed; allowed: finish, prune" in capsys.readouterr().out + caplog.text
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_path, small_root):
+    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
+                     *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=2", "hydra.sweeper.n_trials=2",
+                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db",
+                     f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    lines = progress_lines(result.stdout)
+    assert len(lines) == 2 and re.search(r"val_accuracy \d+\.\d\d % \(epoch [12]\)", lines[0])
+    assert f"  next: python -m mlp_sweep.refit {tmp_path}/sweep" in result.stdout
+    # The trials' model printouts and epoch lines are in their log files, not on the console.
+    console = result.stdout + result.stderr
+    assert "Model: MLP(" not in console and "epoch 1/2" not in console
+    for trial in ("0", "1"):
+        log = (tmp_path / "sweep" / trial / "train.log").read_text()
+        assert "Model: MLP(" in log and "epoch 2/2" in log
+
+
+def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root):
+    result = run_cli(f"dataset.root={small_root}", *SMALL_DATA, "trainer.progress=sometimes",
+                     cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Error: trainer.progress='sometimes' is not allowed; allowed: auto, true, false" in result.stdout
+
+
+def workers(tmp_path: Path, small_root: Path, *overrides: str) -> subprocess.CompletedProcess:
+    """`python -m mlp_sweep.workers 2` on the small dataset, one long trial per worker: 2 layers
+    of 1024 units, batches of 16 (about half a second an epoch), up to 400 epochs, no pruner."""
+    return subprocess.run(
+        [sys.executable, "-m", "mlp_sweep.workers", "2", f"dataset.root={small_root}", *SMALL_DATA,
+         f"hydra.sweeper.storage=journal:{tmp_path}/o.journal", "hydra/sweeper/pruner=none",
+         "dataset.val_size=500", "hydra.sweeper.enqueue_trials=[]", "model.depth=2", "model.width=1024", "trainer.batch_size=16",
+         "trainer.epochs=400", *overrides],
+        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+
+
+def journal_trials(tmp_path: Path) -> list:
+    storage = optuna.storages.JournalStorage(
+        optuna.storages.journal.JournalFileBackend(f"{tmp_path}/o.journal"))
+    return optuna.load_study(study_name="mlp_fashion_mnist", storage=storage).trials
+
+
+@pytest.mark.slow
+def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
+    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=8")
+    assert result.returncode == 0, result.stdout[-3000:]
+    trials = journal_trials(tmp_path)
+    assert len(trials) == 2  # one per worker: none starts after the budget
+    for trial in trials:
+        assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_by"] == "budget"
+        assert 0 < len(trial.intermediate_values) < 400
+    lines = result.stdout.splitlines()
+    assert all(re.match(r"\[worker [01]\] ", line) for line in lines)
+    for k in (0, 1):  # each worker's progress line, whole
+        assert any(re.match(rf"\[worker {k}\] trial \d PRUNED at epoch \d+ .* by the budget · ", line)
+                   for line in lines)
+
+
+@pytest.mark.slow
+def test_workers_with_finish_complete_their_trials_past_the_budget(tmp_path, small_root):
+    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=4", "hydra.sweeper.on_timeout=finish",
+                     "trainer.epochs=20")
+    assert result.returncode == 0, result.stdout[-3000:]
+    trials = journal_trials(tmp_path)
+    assert len(trials) == 2
+    for trial in trials:
+        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 20
+        assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 4

@@ -1,0 +1,81 @@
+"""`hydra.sweeper.warm_start`: an earlier study's finished trials that fit this space start the
+search informed, imported once, not counted in n_trials, never this sweep's best, and shown as
+imported by compare; a study that is not there or has no fitting trial is one line."""
+
+import optuna
+import pytest
+import yaml
+from optuna.trial import TrialState
+
+from mlp_sweep.analysis.study import StudyRecord
+from mlp_sweep.sweeping.warm_start import IMPORTED
+from test_sweeper_parity import storage_of, sweep
+
+NARROWER = "y=choice(0,5)"  # the earlier study also tried y=-5: those trials do not fit
+
+
+def earlier_study(tmp_path) -> optuna.Study:
+    with sweep(tmp_path / "earlier", f"hydra.sweeper.storage={storage_of(tmp_path)}",
+               "hydra.sweeper.study_name=earlier", "hydra.sweeper.n_trials=12", "steps=3",
+               "hydra/sweeper/pruner=median"):
+        pass
+    return optuna.load_study(study_name="earlier", storage=storage_of(tmp_path))
+
+
+def warm_sweep(tmp_path, *overrides: str):
+    return sweep(tmp_path / "warm", f"hydra.sweeper.storage={storage_of(tmp_path)}",
+                 "hydra.sweeper.study_name=warm", "hydra.sweeper.n_trials=3", "steps=3",
+                 "hydra/sweeper/pruner=median", NARROWER, *overrides)
+
+
+def test_finished_trials_that_fit_are_imported_once_and_not_counted(tmp_path):
+    earlier = earlier_study(tmp_path)
+    fitting = [t for t in earlier.trials
+               if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.params["y"] != -5]
+    assert fitting and len(fitting) < len(earlier.trials)  # the test needs both kinds
+    for _ in range(2):  # the same command again resumes: no second copy, no new trial
+        with warm_sweep(tmp_path, "hydra.sweeper.warm_start=earlier"):
+            best = yaml.safe_load((tmp_path / "warm" / "sweep" / "best.yaml").read_text())
+    warm = optuna.load_study(study_name="warm", storage=storage_of(tmp_path))
+    imported = [t for t in warm.trials if IMPORTED in t.user_attrs]
+    own = [t for t in warm.trials if IMPORTED not in t.user_attrs]
+    assert sorted(t.user_attrs[IMPORTED] for t in imported) == sorted(f"earlier#{t.number}" for t in fitting)
+    assert [(t.state, t.params, t.intermediate_values) for t in imported] == \
+        [(t.state, t.params, t.intermediate_values) for t in fitting]
+    assert len(own) == 3  # n_trials counts this sweep's own trials only
+    assert best["trial"] in {t.number for t in own}
+    # compare names them as imported, not as runs of this sweep
+    record = StudyRecord(tmp_path / "warm" / "sweep", "warm", storage_of(tmp_path), None, {},
+                         trials=warm.trials)
+    assert f"{len(imported)} imported" in record.summary()
+    assert [n for n, _ in record.history([], "value")] == [t.number for t in own]
+
+
+@pytest.mark.parametrize(("warm_start", "message"), [
+    ("nowhere", "Error: hydra.sweeper.warm_start='nowhere': no such study in sqlite:///{tmp}/sphere.db; "
+                "allowed: earlier"),
+    ("{study_name: earlier, storage: 'sqlite:///{tmp}/none.db'}",
+     "Error: hydra.sweeper.warm_start='earlier': its storage sqlite:///{tmp}/none.db does not exist; "
+     "allowed: the storage of a finished study"),
+])
+def test_a_study_that_is_not_there_is_one_line_and_nothing_is_made(tmp_path, capsys, caplog, warm_start,
+                                                                    message):
+    earlier_study(tmp_path)
+    with pytest.raises(SystemExit) as stopped, \
+            warm_sweep(tmp_path, f"hydra.sweeper.warm_start={warm_start.replace('{tmp}', str(tmp_path))}"):
+        pass
+    assert stopped.value.code == 1
+    assert message.replace("{tmp}", str(tmp_path)) in capsys.readouterr().out + caplog.text
+    assert optuna.study.get_all_study_names(storage_of(tmp_path)) == ["earlier"]
+    assert not (tmp_path / "none.db").exists() and not (tmp_path / "warm" / "sweep").exists()
+
+
+def test_a_study_with_no_fitting_trial_is_one_line(tmp_path, capsys, caplog):
+    earlier_study(tmp_path)
+    with pytest.raises(SystemExit), \
+            warm_sweep(tmp_path, "hydra.sweeper.warm_start=earlier", "x=interval(10,20)"):
+        pass
+    assert ("Error: hydra.sweeper.warm_start='earlier': none of its 12 finished trials fits this "
+            "search's space; allowed: a study whose trials set exactly x, y, each within its range"
+            ) in capsys.readouterr().out + caplog.text
+    assert optuna.study.get_all_study_names(storage_of(tmp_path)) == ["earlier"]
