@@ -2,8 +2,9 @@
 # make test    - set up .venv if missing, run every test
 # make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
-# make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1] - the
-#              benchmarks in benchmarks/ (bench-peers and the tests also install the bench extra)
+# make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1],
+#              make bench-warm-start - the benchmarks in benchmarks/ (bench-peers and the tests
+#              also install the bench extra)
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -37,7 +38,7 @@ WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
 
-.PHONY: bench bench-sweeps bench-search bench-peers
+.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start
 bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
 	$(PY) benchmarks/bench.py
 
@@ -46,6 +47,9 @@ bench-sweeps: $(INSTALLED)   ## pruning and parallel-trial gains of the Optuna s
 
 bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, refits included (about 75 minutes; QUICK=1: 13)
 	$(PY) benchmarks/search.py $(if $(QUICK),--quick)
+
+bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)
+	$(PY) benchmarks/warm_start.py
 
 bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 95 minutes; QUICK=1: about 30)
 	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)

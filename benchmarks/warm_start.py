@@ -9,7 +9,9 @@ finished trials of an earlier study of the same space (hydra.sweeper.warm_start)
    with that sampler seed and the same budget, one at a time, as a user runs them.
 Each search's best validation accuracy so far at every minute, read from its own trials'
 completion times (the imported ones left out), and the test accuracy of its final best. Writes
-benchmarks/results/warm_start.{json,md} after each search.
+benchmarks/results/warm_start.{json,md} after each search. `--reuse --kinds warm` runs the warm
+searches again from the earlier study of the report already there (after a change to the warm
+start), keeping its other searches.
 """
 
 import argparse
@@ -90,6 +92,9 @@ def main() -> None:
     parser.add_argument("--runs", type=Path, default=Path("multirun/bench-warm-start"))
     parser.add_argument("--budget", type=float, default=300, help="seconds per search")
     parser.add_argument("--seeds", type=int, nargs="+", default=[2, 3])
+    parser.add_argument("--kinds", nargs="+", default=["cold", "warm"], choices=["cold", "warm"])
+    parser.add_argument("--reuse", action="store_true",
+                        help="the earlier study and searches of the report in --out; run --kinds again")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides for every search")
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -101,19 +106,27 @@ def main() -> None:
     report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
               "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "budget_s": args.budget,
               "overrides": args.overrides, "runs": str(runs), "searches": {}}
+    if args.reuse:
+        report = {**json.loads((args.out / f"warm_start{suffix}.json").read_text()),
+                  "date": report["date"], "rerun": str(runs)}
 
     def save() -> None:
         (args.out / f"warm_start{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
         if report["searches"]:
             (args.out / f"warm_start{suffix}.md").write_text(markdown(report))
 
-    print("earlier study ...", flush=True)
-    earlier, started = run_search("earlier", data, runs, args.budget, 1, *args.overrides)
-    report["earlier"] = best_so_far(earlier, started, args.budget)
-    save()
+    if args.reuse:
+        earlier = f"sqlite:///{report['runs']}/earlier.db"
+    else:
+        print("earlier study ...", flush=True)
+        earlier, started = run_search("earlier", data, runs, args.budget, 1, *args.overrides)
+        report["earlier"] = best_so_far(earlier, started, args.budget)
+        save()
+    warm = [f"hydra.sweeper.warm_start={{study_name: {STUDY}, storage: '{earlier}'}}"]
     for seed in args.seeds:
-        for kind, extra in (("cold", []), ("warm", [
-                f"hydra.sweeper.warm_start={{study_name: {STUDY}, storage: '{earlier}'}}"])):
+        for kind, extra in (("cold", []), ("warm", warm)):
+            if kind not in args.kinds:
+                continue
             name = f"{kind}_seed{seed}"
             print(f"{name} ...", flush=True)
             storage, started = run_search(name, data, runs, args.budget, seed, *extra,

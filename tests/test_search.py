@@ -16,7 +16,7 @@ from test_data import write_cifar10
 
 from mlp_sweep.sweeping.storage import load_study
 
-from conftest import CONF_DIR, run_cli, write_fashion_mnist
+from conftest import CONF_DIR, run_cli, run_in_process, write_fashion_mnist
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -104,12 +104,13 @@ def test_timeout_bounds_each_async_worker(tmp_path, mnist_root):
 
 
 @pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
-def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, timeout):
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-                     f"hydra.sweeper.timeout={timeout}", *SMALL, cwd=tmp_path)
-    output = result.stdout + result.stderr
-    assert result.returncode == 1
+def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, capsys, timeout):
+    code, output = run_in_process("--multirun", "hparams_search=optuna_course",
+                                  f"dataset.root={mnist_root}",
+                                  f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                                  f"hydra.sweeper.timeout={timeout}", *SMALL, cwd=tmp_path,
+                                  capsys=capsys)
+    assert code == 1
     assert "hydra.sweeper.timeout=" in output and "allowed: a number of seconds > 0" in output
     assert "Traceback" not in output
     assert not (tmp_path / "optuna.db").exists()

@@ -6,19 +6,25 @@ the project's own app and the workers in subprocesses, where the console and the
 point.
 """
 
+import io
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import optuna
 import pytest
+from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
-from conftest import SMALL_DATA, run_cli
+from mlp_sweep.sweeping.progress import SweepProgress
+from mlp_sweep.sweeping.sweeper_plugin import ProgressConf
+
+from conftest import SMALL_DATA, run_cli, run_in_process
 from test_sweeper_parity import storage_of, study_of, sweep
 
-LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED|FAIL)\b.* · (\d+) trials: [a-z0-9, ]+ · \d+:\d\d( of \d+:\d\d)?$")
+LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED|FAIL)\b.* · (\d+) trials?: [a-z0-9, ]+ · \d+:\d\d( of \d+:\d\d)?$")
 
 
 def progress_lines(text: str) -> list[str]:
@@ -48,8 +54,31 @@ def test_each_ended_trial_prints_one_line_with_the_best_so_far(tmp_path, capsys)
     end = logged[-3:]
     assert end[0].startswith("search ended after ") and end[0].endswith(
         f"best trial {study.best_trial.number}, value {study.best_value:.4g}")
-    assert end[1] == "  params: " + " ".join(f"{k}={v}" for k, v in study.best_trial.params.items())
-    assert end[2].startswith("  next: ") and f"x={study.best_trial.params['x']}" in end[2]
+    x, y = study.best_trial.params["x"], study.best_trial.params["y"]  # floats: 4 significant digits
+    assert end[1] == f"  params: x={x:.4g} y={y}"
+    assert end[2].startswith("  next: ") and f"x={x}" in end[2]
+
+
+class Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_on_a_terminal_the_bar_runs_over_the_budget_with_the_best_so_far(tmp_path, monkeypatch):
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
+    settings = OmegaConf.structured(ProgressConf(metric="val_accuracy", percent=True))
+    progress = SweepProgress(settings, sweep_dir=tmp_path, n_trials=1000, timeout=600,
+                             started=time.monotonic() - 60)  # a minute into a 10-minute budget
+    study = optuna.create_study(direction="maximize")
+    study.add_trial(optuna.trial.create_trial(value=0.9876, params={}, distributions={}))
+    progress.trial_ended(study, 0)
+    progress.close()
+    assert "search  10%|" in terminal.getvalue()
+    assert "1:00 of 10:00 · best 98.76 % (trial 0)" in terminal.getvalue()
+    assert (tmp_path / "sweep.log").read_text() == (
+        "trial 0 COMPLETE val_accuracy 98.76 % · best 98.76 % (trial 0) · 1 trial: 1 complete · "
+        "1:00 of 10:00\n")
 
 
 @pytest.mark.parametrize("storage", [True, False])
@@ -85,6 +114,7 @@ def test_a_bad_on_timeout_is_one_line(tmp_path, capsys, caplog):
     assert not (tmp_path / "sweep").exists()
 
 
+@pytest.mark.slow  # the command end to end, for its console
 def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_path, small_root):
     result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
                      *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=2", "hydra.sweeper.n_trials=2",
@@ -102,11 +132,11 @@ def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_pa
         assert "Model: MLP(" in log and "epoch 2/2" in log
 
 
-def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root):
-    result = run_cli(f"dataset.root={small_root}", *SMALL_DATA, "trainer.progress=sometimes",
-                     cwd=tmp_path)
-    assert result.returncode == 1
-    assert "Error: trainer.progress='sometimes' is not allowed; allowed: auto, true, false" in result.stdout
+def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root, capsys):
+    code, output = run_in_process(f"dataset.root={small_root}", *SMALL_DATA,
+                                  "trainer.progress=sometimes", cwd=tmp_path, capsys=capsys)
+    assert code == 1
+    assert "Error: trainer.progress='sometimes' is not allowed; allowed: auto, true, false" in output
 
 
 def workers(tmp_path: Path, small_root: Path, *overrides: str) -> subprocess.CompletedProcess:

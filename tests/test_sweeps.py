@@ -53,7 +53,7 @@ def study_exists(database: Path) -> bool:
 
 def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    args = sweep_args(mnist_root, storage, 8, "trainer.epochs=4", "dataset.train_limit=12000",
+    args = sweep_args(mnist_root, storage, 8, "trainer.epochs=3", "dataset.train_limit=6000",
                       "hydra/sweeper/pruner=none")
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)

@@ -2,6 +2,9 @@
 search informed, imported once, not counted in n_trials, never this sweep's best, and shown as
 imported by compare; a study that is not there or has no fitting trial is one line."""
 
+import shutil
+from pathlib import Path
+
 import optuna
 import pytest
 import yaml
@@ -14,11 +17,20 @@ from test_sweeper_parity import storage_of, sweep
 NARROWER = "y=choice(0,5)"  # the earlier study also tried y=-5: those trials do not fit
 
 
-def earlier_study(tmp_path) -> optuna.Study:
-    with sweep(tmp_path / "earlier", f"hydra.sweeper.storage={storage_of(tmp_path)}",
+@pytest.fixture(scope="module")
+def earlier_database(tmp_path_factory) -> Path:
+    """A finished study `earlier` of 12 sphere trials, complete and pruned."""
+    folder = tmp_path_factory.mktemp("earlier")
+    with sweep(folder, f"hydra.sweeper.storage={storage_of(folder)}",
                "hydra.sweeper.study_name=earlier", "hydra.sweeper.n_trials=12", "steps=3",
                "hydra/sweeper/pruner=median"):
         pass
+    return Path(storage_of(folder)[len("sqlite:///"):])
+
+
+def earlier_study(tmp_path, earlier_database) -> optuna.Study:
+    """A copy of the earlier study in tmp_path's database (storage_of(tmp_path))."""
+    shutil.copy(earlier_database, storage_of(tmp_path)[len("sqlite:///"):])
     return optuna.load_study(study_name="earlier", storage=storage_of(tmp_path))
 
 
@@ -28,8 +40,8 @@ def warm_sweep(tmp_path, *overrides: str):
                  "hydra/sweeper/pruner=median", NARROWER, *overrides)
 
 
-def test_finished_trials_that_fit_are_imported_once_and_not_counted(tmp_path):
-    earlier = earlier_study(tmp_path)
+def test_finished_trials_that_fit_are_imported_once_and_not_counted(tmp_path, earlier_database):
+    earlier = earlier_study(tmp_path, earlier_database)
     fitting = [t for t in earlier.trials
                if t.state in (TrialState.COMPLETE, TrialState.PRUNED) and t.params["y"] != -5]
     assert fitting and len(fitting) < len(earlier.trials)  # the test needs both kinds
@@ -58,9 +70,9 @@ def test_finished_trials_that_fit_are_imported_once_and_not_counted(tmp_path):
      "Error: hydra.sweeper.warm_start='earlier': its storage sqlite:///{tmp}/none.db does not exist; "
      "allowed: the storage of a finished study"),
 ])
-def test_a_study_that_is_not_there_is_one_line_and_nothing_is_made(tmp_path, capsys, caplog, warm_start,
-                                                                    message):
-    earlier_study(tmp_path)
+def test_a_study_that_is_not_there_is_one_line_and_nothing_is_made(tmp_path, earlier_database, capsys,
+                                                                    caplog, warm_start, message):
+    earlier_study(tmp_path, earlier_database)
     with pytest.raises(SystemExit) as stopped, \
             warm_sweep(tmp_path, f"hydra.sweeper.warm_start={warm_start.replace('{tmp}', str(tmp_path))}"):
         pass
@@ -70,8 +82,8 @@ def test_a_study_that_is_not_there_is_one_line_and_nothing_is_made(tmp_path, cap
     assert not (tmp_path / "none.db").exists() and not (tmp_path / "warm" / "sweep").exists()
 
 
-def test_a_study_with_no_fitting_trial_is_one_line(tmp_path, capsys, caplog):
-    earlier_study(tmp_path)
+def test_a_study_with_no_fitting_trial_is_one_line(tmp_path, earlier_database, capsys, caplog):
+    earlier_study(tmp_path, earlier_database)
     with pytest.raises(SystemExit), \
             warm_sweep(tmp_path, "hydra.sweeper.warm_start=earlier", "x=interval(10,20)"):
         pass
@@ -79,3 +91,15 @@ def test_a_study_with_no_fitting_trial_is_one_line(tmp_path, capsys, caplog):
             "search's space; allowed: a study whose trials set exactly x, y, each within its range"
             ) in capsys.readouterr().out + caplog.text
     assert optuna.study.get_all_study_names(storage_of(tmp_path)) == ["earlier"]
+
+
+def test_an_enqueued_set_runs_first_even_when_an_imported_trial_has_it(tmp_path, earlier_database):
+    earlier = earlier_study(tmp_path, earlier_database)
+    known = next(t.params for t in earlier.trials
+                 if t.state == TrialState.COMPLETE and t.params["y"] != -5)
+    with warm_sweep(tmp_path, "hydra.sweeper.warm_start=earlier",
+                    f"hydra.sweeper.enqueue_trials=[{{x: {known['x']}, y: {known['y']}}}]"):
+        pass
+    warm = optuna.load_study(study_name="warm", storage=storage_of(tmp_path))
+    first_own = next(t for t in warm.trials if IMPORTED not in t.user_attrs)
+    assert first_own.params == known

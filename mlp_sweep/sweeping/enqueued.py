@@ -2,16 +2,16 @@
 trusts), through Optuna's `enqueue_trial`; they count in `n_trials`, and a partial set lets the
 sampler choose the rest."""
 
-import math
 from collections.abc import Mapping
 from typing import Any
 
 import optuna
 from omegaconf import OmegaConf
-from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
-                                  IntDistribution)
+from optuna.distributions import BaseDistribution
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping.sweep_settings import describe, fits
+from mlp_sweep.sweeping.warm_start import own_trials
 
 
 def checked_trials(entries: Any, space: dict[str, BaseDistribution],
@@ -41,30 +41,11 @@ def checked_trials(entries: Any, space: dict[str, BaseDistribution],
 
 
 def enqueue(study: optuna.Study, trials: list[dict[str, Any]]) -> None:
-    """Queue each set once: running the same command again (a resume) adds no second copy."""
+    """Queue each set once: running the same command again (a resume) adds no second copy. A
+    trial a warm start imported with the same parameters does not count: the set is run first,
+    as the config says."""
+    queued = [t.system_attrs.get("fixed_params", t.params) for t in own_trials(study)]
     for params in trials:
-        study.enqueue_trial(params, skip_if_exists=True)
-
-
-def fits(distribution: BaseDistribution, value: Any) -> bool:
-    if isinstance(distribution, CategoricalDistribution):
-        return value in distribution.choices
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return False
-    step = distribution.step
-    if isinstance(distribution, IntDistribution) and value != int(value):
-        return False
-    if step is not None and not math.isclose((value - distribution.low) / step,
-                                             round((value - distribution.low) / step)):
-        return False
-    return distribution.low <= value <= distribution.high
-
-
-def describe(distribution: BaseDistribution) -> str:
-    """A distribution as a user reads it: `one of a, b`, `an integer from 1 to 4`."""
-    if isinstance(distribution, CategoricalDistribution):
-        return "one of " + ", ".join(str(c) for c in distribution.choices)
-    kind = "an integer" if isinstance(distribution, IntDistribution) else "a number"
-    assert isinstance(distribution, (IntDistribution, FloatDistribution))
-    steps = "" if distribution.step in (None, 1) else f" in steps of {distribution.step:g}"
-    return f"{kind} from {distribution.low:g} to {distribution.high:g}{steps}"
+        if params not in queued:
+            study.enqueue_trial(params)
+            queued.append(params)

@@ -42,7 +42,7 @@ class SweepProgress:
                  timeout: float | None, started: float) -> None:
         self.settings, self.sweep_dir = settings, sweep_dir
         self.n_trials, self.timeout, self.started = n_trials, timeout, started
-        self.best_text = ""
+        self.best_text, self.finished = "", 0
         self.bar = tqdm(total=int(timeout) if timeout else n_trials, file=sys.stderr,
                         bar_format="search {percentage:3.0f}%|{bar}| {postfix}",
                         disable=None if settings.bar else True,  # None: off unless a terminal
@@ -52,7 +52,7 @@ class SweepProgress:
         if timeout and not self.bar.disable:  # the time moves on between trials too
             self._ticker = threading.Thread(target=self._tick, daemon=True)
             self._ticker.start()
-        self._refresh(finished=0)
+        self._refresh()
 
     def value_text(self, value: float | None) -> str:
         if value is None or not math.isfinite(value):
@@ -62,12 +62,13 @@ class SweepProgress:
     def trial_ended(self, study: optuna.Study, trial_number: int) -> None:
         trials = own_trials(study)
         trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
-        self.best_text = self._best_text(study, trials)
+        self.best_text = self._best_text(study)
         counts = ", ".join(f"{n} {STATE_WORDS[state]}" for state, n in _counts(trials).items())
         parts = [self._trial_text(study, trial), self.best_text,
-                 f"{len(trials)} trials: {counts}", self._time_text()]
+                 f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {counts}", self._time_text()]
         self.write(" · ".join(p for p in parts if p))
-        self._refresh(finished=sum(t.state.is_finished() for t in trials))
+        self.finished = sum(t.state.is_finished() for t in trials)
+        self._refresh()
 
     def ended(self, study: optuna.Study, best: FrozenTrial | None, command: str | None) -> None:
         """The sweep's last lines: the best trial, its parameters, the next command to run."""
@@ -81,7 +82,8 @@ class SweepProgress:
             return
         self.write(f"{head}: best trial {best.number}, {self.settings.metric} "
                    f"{self.value_text(best.value)}")
-        self.write("  params: " + " ".join(f"{k}={v}" for k, v in best.params.items()))
+        self.write("  params: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                                           for k, v in best.params.items()))
         next_command = (self.settings.next_command or "").replace("{sweep_dir}", str(self.sweep_dir)) \
             or command
         if next_command:
@@ -105,7 +107,7 @@ class SweepProgress:
         steps = trial.intermediate_values
         if trial.state == TrialState.COMPLETE:
             epoch = ""
-            if steps:  # the step of the best report: the epoch whose weights the run kept
+            if steps and len(study.directions) == 1:  # the best report's step: the kept epoch
                 pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
                 epoch = f" (epoch {pick(steps, key=steps.get)})"
             values = trial.values or []
@@ -118,7 +120,7 @@ class SweepProgress:
         reason = str(trial.user_attrs.get("fail_reason", "")).strip().splitlines()
         return f"trial {trial.number} {state}" + (f": {reason[0]}" if reason else "")
 
-    def _best_text(self, study: optuna.Study, trials: list[FrozenTrial]) -> str:
+    def _best_text(self, study: optuna.Study) -> str:
         best = best_own_trial(study)
         if best is None:
             return ""
@@ -131,16 +133,16 @@ class SweepProgress:
     def _elapsed(self) -> float:
         return time.monotonic() - self.started
 
-    def _refresh(self, finished: int) -> None:
+    def _refresh(self) -> None:
         if self.bar.disable:
             return
-        self.bar.n = min(int(self._elapsed()), self.bar.total) if self.timeout else finished
+        self.bar.n = min(int(self._elapsed()), self.bar.total) if self.timeout else self.finished
         self.bar.set_postfix_str(" · ".join(p for p in (self._time_text(), self.best_text) if p),
                                  refresh=True)
 
     def _tick(self) -> None:
         while not self._stop.wait(1.0):
-            self._refresh(finished=0)
+            self._refresh()
 
 
 def _counts(trials: list[FrozenTrial]) -> dict[TrialState, int]:

@@ -61,6 +61,8 @@ class SweepLoop:
         self.progress_settings = progress
         self.config, self.launcher = config, launcher
         self.other_workers = resume.OtherWorkers(heartbeat)
+        self.deadline: float | None = None  # Unix time the budget ends, with on_timeout=prune
+        self.progress: SweepProgress | None = None
 
     def run(self, arguments: list[str]) -> None:
         started = time.monotonic()

@@ -131,3 +131,27 @@ def grid_of(sampler: Any, space: dict[str, BaseDistribution]) -> dict[str, list]
 
 def grid_size(grid: dict[str, list]) -> int:
     return math.prod(len(v) for v in grid.values())
+
+
+def fits(distribution: BaseDistribution, value: Any) -> bool:
+    if isinstance(distribution, CategoricalDistribution):
+        return value in distribution.choices
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return False
+    step = distribution.step
+    if isinstance(distribution, IntDistribution) and value != int(value):
+        return False
+    if step is not None and not math.isclose((value - distribution.low) / step,
+                                             round((value - distribution.low) / step)):
+        return False
+    return distribution.low <= value <= distribution.high
+
+
+def describe(distribution: BaseDistribution) -> str:
+    """A distribution as a user reads it: `one of a, b`, `an integer from 1 to 4`."""
+    if isinstance(distribution, CategoricalDistribution):
+        return "one of " + ", ".join(str(c) for c in distribution.choices)
+    kind = "an integer" if isinstance(distribution, IntDistribution) else "a number"
+    assert isinstance(distribution, (IntDistribution, FloatDistribution))
+    steps = "" if distribution.step in (None, 1) else f" in steps of {distribution.step:g}"
+    return f"{kind} from {distribution.low:g} to {distribution.high:g}{steps}"
