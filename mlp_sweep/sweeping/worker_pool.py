@@ -61,9 +61,9 @@ def worker_gpus(workers: int, visible: list[str], chosen: list[int] | None = Non
         return [None] * workers
     indexes = list(range(len(visible))) if chosen is None else chosen
     missing = [i for i in indexes if not 0 <= i < len(visible)]
-    if missing or not indexes:
-        raise UserError(f"--gpus {','.join(map(str, indexes))}: GPU {missing[0] if missing else ''} "
-                        f"is not there; allowed: indexes among the {len(visible)} visible GPU(s), "
+    if missing:
+        raise UserError(f"--gpus {','.join(map(str, indexes))}: GPU {missing[0]} is not there; "
+                        f"allowed: indexes among the {len(visible)} visible GPU(s), "
                         f"{', '.join(map(str, range(len(visible))))}")
     slots = [visible[i] for i in indexes for _ in range(per_gpu or 1)]
     return [slots[k % len(slots)] for k in range(workers)]

@@ -96,8 +96,9 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
     try:
         history = fit(model, optimizer, splits, cfg.trainer.epochs, cfg.trainer.batch_size,
                       torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
-                      progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn, augment=augment,
-                      schedule=schedule, patience=cfg.trainer.get("early_stopping") or 0)
+                      progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn,
+                      augment=augment, schedule=schedule,
+                      patience=cfg.trainer.get("early_stopping") or 0)
         if record:
             record.completed(model)
     except BaseException as error:
