@@ -28,6 +28,8 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
+from mlp_sweep.sweeping.warm_start import IMPORTED
+
 TRAIN = [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna"]
 STUDY = "mlp_mnist"  # the preset's study name on MNIST
 
@@ -47,10 +49,10 @@ def run_search(name: str, data: Path, runs: Path, budget: float, seed: int,
 def best_so_far(storage: str, started: float, budget: float) -> dict:
     """The search's own trials (no imported one): counts, best validation accuracy at each
     minute, and its final best's test accuracy (from the trial's metrics.json)."""
-    trials = [t for t in optuna.load_study(study_name=STUDY, storage=storage).trials
-              if "imported_from" not in t.user_attrs]
+    every = optuna.load_study(study_name=STUDY, storage=storage).trials
+    trials = [t for t in every if IMPORTED not in t.user_attrs]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
-    imported = len(optuna.load_study(study_name=STUDY, storage=storage).trials) - len(trials)
+    imported = len(every) - len(trials)
     curve = {}
     for minute in range(1, int(budget // 60) + 1):
         done = [t.value for t in complete if t.datetime_complete.timestamp() <= started + 60 * minute]

@@ -19,7 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
-from mlp_sweep.sweeping.results import best_own_trial
+from mlp_sweep.sweeping.results import best_of, better_of
 from mlp_sweep.sweeping.warm_start import own_trials
 
 LOG_FILE = "sweep.log"
@@ -60,9 +60,10 @@ class SweepProgress:
         return f"{value:.2%}".replace("%", " %") if self.settings.percent else f"{value:.4g}"
 
     def trial_ended(self, study: optuna.Study, trial_number: int) -> None:
-        trials = own_trials(study)
-        trial = next(t for t in study.get_trials(deepcopy=False) if t.number == trial_number)
-        self.best_text = self._best_text(study)
+        trials = own_trials(study)  # read once: a database storage answers each read anew
+        trial = next(t for t in trials if t.number == trial_number)
+        best = best_of(study, trials)
+        self.best_text = f"best {self.value_text(best.value)} (trial {best.number})" if best else ""
         counts = ", ".join(f"{n} {STATE_WORDS[state]}" for state, n in _counts(trials).items())
         parts = [self._trial_text(study, trial), self.best_text,
                  f"{len(trials)} trial{'' if len(trials) == 1 else 's'}: {counts}", self._time_text()]
@@ -70,8 +71,9 @@ class SweepProgress:
         self.finished = sum(t.state.is_finished() for t in trials)
         self._refresh()
 
-    def ended(self, study: optuna.Study, best: FrozenTrial | None, command: str | None) -> None:
-        """The sweep's last lines: the best trial, its parameters, the next command to run."""
+    def ended(self, study: optuna.Study, best: dict | None) -> None:
+        """The sweep's last lines: the best trial, its parameters, the next command to run.
+        `best` is best.yaml's record (sweeping/results.py), None when there is none."""
         self.close()
         head = f"search ended after {self._time_text()}"
         if len(study.directions) > 1:
@@ -80,12 +82,12 @@ class SweepProgress:
         if best is None:
             self.write(f"{head}: no trial completed")
             return
-        self.write(f"{head}: best trial {best.number}, {self.settings.metric} "
-                   f"{self.value_text(best.value)}")
+        self.write(f"{head}: best trial {best['trial']}, {self.settings.metric} "
+                   f"{self.value_text(best['value'])}")
         self.write("  params: " + " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                                           for k, v in best.params.items()))
+                                           for k, v in best["params"].items()))
         next_command = (self.settings.next_command or "").replace("{sweep_dir}", str(self.sweep_dir)) \
-            or command
+            or best["command"]
         if next_command:
             self.write(f"  next: {next_command}")
 
@@ -108,8 +110,7 @@ class SweepProgress:
         if trial.state == TrialState.COMPLETE:
             epoch = ""
             if steps and len(study.directions) == 1:  # the best report's step: the kept epoch
-                pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-                epoch = f" (epoch {pick(steps, key=steps.get)})"
+                epoch = f" (epoch {better_of(study)(steps, key=steps.get)})"
             values = trial.values or []
             shown = " ".join(self.value_text(v) for v in values)
             return f"trial {trial.number} {state} {metric} {shown}{epoch}"
@@ -119,12 +120,6 @@ class SweepProgress:
             return f"trial {trial.number} {state}{at}" + (f" by the {reason}" if reason else "")
         reason = str(trial.user_attrs.get("fail_reason", "")).strip().splitlines()
         return f"trial {trial.number} {state}" + (f": {reason[0]}" if reason else "")
-
-    def _best_text(self, study: optuna.Study) -> str:
-        best = best_own_trial(study)
-        if best is None:
-            return ""
-        return f"best {self.value_text(best.value)} (trial {best.number})"
 
     def _time_text(self) -> str:
         elapsed = clock(self._elapsed())

@@ -17,23 +17,26 @@ from mlp_sweep.sweeping.warm_start import IMPORTED, own_trials
 log = logging.getLogger(__name__)
 
 
-def write_results(study: optuna.Study, sweep_dir: Path) -> None:
+def write_results(study: optuna.Study, sweep_dir: Path) -> dict | None:
+    """Write the results; for one objective, return best.yaml's record (None when no trial of
+    the study's own completed, or for several objectives)."""
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    if not study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+    trials = own_trials(study)
+    if not any(t.state == TrialState.COMPLETE for t in trials):
         log.warning("No trial completed: no best to report")
-        return
+        return None
     if len(study.directions) > 1:
-        return _write_pareto_front(study, sweep_dir)
-    best = best_own_trial(study)
-    if best is None:
-        log.warning("No trial of this study's own completed: no best to report")
-        return
+        _write_pareto_front(study, sweep_dir)
+        return None
+    best = best_of(study, trials)
     OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                      "best_value": best.value}),
                    sweep_dir / "optimization_results.yaml")
-    write_yaml(sweep_dir / "best.yaml", {**trial_record(best), "value": best.value})
+    record = {**trial_record(best), "value": best.value}
+    write_yaml(sweep_dir / "best.yaml", record)
     log.info(f"Best trial {best.number}: {best.value} in {best.user_attrs.get('run_dir')}; "
              f"written to {sweep_dir}/best.yaml")
+    return record
 
 
 def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
@@ -50,14 +53,19 @@ def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
     log.info(f"Pareto front of {len(front)} trial(s) written to {sweep_dir}/best.yaml")
 
 
-def best_own_trial(study: optuna.Study) -> FrozenTrial | None:
-    """The best completed trial the study's sweeps ran (a warm start's imported trials were
-    trained elsewhere); None when none completed or the study has several objectives."""
-    complete = [t for t in own_trials(study) if t.state == TrialState.COMPLETE]
+def best_of(study: optuna.Study, trials: list[FrozenTrial]) -> FrozenTrial | None:
+    """The best completed trial among `trials` (pass the study's own: a warm start's imported
+    trials were trained elsewhere); None when none completed or the study has several
+    objectives."""
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete or len(study.directions) > 1:
         return None
-    pick = max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
-    return pick(complete, key=lambda t: t.value)
+    return better_of(study)(complete, key=lambda t: t.value)
+
+
+def better_of(study: optuna.Study):
+    """`max` for a study that maximises, `min` for one that minimises (one objective)."""
+    return max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
 
 
 def trial_record(trial: FrozenTrial) -> dict:

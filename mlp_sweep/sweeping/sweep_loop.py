@@ -28,7 +28,7 @@ from mlp_sweep.sweeping import resume
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
-from mlp_sweep.sweeping.results import best_own_trial, trial_record, write_results
+from mlp_sweep.sweeping.results import write_results
 from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
@@ -100,9 +100,7 @@ class SweepLoop:
             self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
         finally:
             self.progress.close()
-        write_results(study, sweep_dir)
-        best = best_own_trial(study)
-        self.progress.ended(study, best, best and trial_record(best)["command"])
+        self.progress.ended(study, write_results(study, sweep_dir))
 
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], sweep_dir: Path,
               fixed_params: dict, fixed_overrides: list[str], started: float) -> None:
@@ -150,12 +148,12 @@ class SweepLoop:
     def _launch(self, study: optuna.Study, trials: list[optuna.Trial], fixed_params: dict,
                 fixed_overrides: list[str]) -> list[JobReturn]:
         """Run the trials as one batch of Hydra jobs, with heartbeats (RDB storages) meanwhile."""
+        every_job = [f"+hydra.job.env_set.{DEADLINE_VARIABLE}={self.deadline or 'none'}",
+                     *self._quiet_console()]
         overrides = [
             (*self._job_overrides(trial, fixed_params, fixed_overrides),
              f"hydra.sweep.subdir={trial.number}",
-             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}",
-             f"+hydra.job.env_set.{DEADLINE_VARIABLE}={self.deadline or 'none'}",
-             *self._quiet_console())
+             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}", *every_job)
             for trial in trials
         ]
         with contextlib.ExitStack() as beating:
