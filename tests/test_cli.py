@@ -1,4 +1,5 @@
-"""End to end: `python -m mlp_sweep.train` as a user runs it, on a small real MNIST subset."""
+"""End to end: `python -m mlp_sweep.train` as a user runs it, on a small real MNIST subset; in
+this process (`run_here`) but where the process is what is tested."""
 
 import json
 import shutil
@@ -16,7 +17,7 @@ from mlp_sweep.training.data import load_splits
 from mlp_sweep.training.engine import evaluate
 from mlp_sweep.training.model import MLP
 
-from conftest import QUICK, compose_config, run_cli, run_in_process
+from conftest import QUICK, compose_config, run_here
 
 pytestmark = pytest.mark.slow
 
@@ -30,7 +31,7 @@ def read_json(path: Path) -> dict:
 
 
 def test_single_run_leaves_config_log_metrics_and_weights(tmp_path, mnist_root):
-    result = run_cli(*QUICK, f"dataset.root={mnist_root}", cwd=tmp_path)
+    result = run_here(*QUICK, f"dataset.root={mnist_root}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [run] = run_folders(tmp_path / "outputs")
     for name in (".hydra/config.yaml", ".hydra/overrides.yaml", "train.log", "metrics.json",
@@ -68,8 +69,8 @@ def test_runs_started_together_never_share_a_folder(tmp_path, mnist_root):
 
 
 def test_grid_sweep_runs_one_job_per_combination(tmp_path, mnist_root):
-    result = run_cli("--multirun", "optimizer=adam,sgd", *QUICK, f"dataset.root={mnist_root}",
-                     cwd=tmp_path)
+    result = run_here("--multirun", "optimizer=adam,sgd", *QUICK, f"dataset.root={mnist_root}",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [sweep] = run_folders(tmp_path / "multirun")
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir())
@@ -83,8 +84,8 @@ def test_grid_sweep_runs_one_job_per_combination(tmp_path, mnist_root):
 
 
 def test_course_search_is_one_command_and_maximises_the_returned_accuracy(tmp_path, mnist_root):
-    result = run_cli("--multirun", "hparams_search=optuna_course", "hydra.sweeper.n_trials=2", *QUICK,
-                     f"dataset.root={mnist_root}", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", "hydra.sweeper.n_trials=2",
+                      *QUICK, f"dataset.root={mnist_root}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [sweep] = run_folders(tmp_path / "multirun")
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
@@ -120,14 +121,13 @@ def test_train_returns_the_objective_it_records(tmp_path, mnist_root):
          "scheduler.warmup_epochs=2 is not allowed with trainer.epochs=1"),
     ],
 )
-def test_bad_input_fails_in_one_line_without_traceback(tmp_path, mnist_root, capsys, override,
-                                                      message):
+def test_bad_input_fails_in_one_line_without_traceback(tmp_path, mnist_root, override, message):
     overrides = override.split()
     keys = {o.split("=")[0] for o in overrides}
     quick = [q for q in QUICK if q.split("=")[0] not in keys]
-    code, output = run_in_process(*quick, f"dataset.root={mnist_root}", *overrides, cwd=tmp_path,
-                                  capsys=capsys)
-    assert code != 0
+    result = run_here(*quick, f"dataset.root={mnist_root}", *overrides, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
     assert message in output
     assert "Traceback" not in output
     for run in run_folders(tmp_path / "outputs"):
@@ -140,7 +140,7 @@ def test_truncated_data_file_fails_in_one_line_and_is_kept(tmp_path, mnist_root)
     shutil.copytree(mnist_root / "MNIST" / "raw", root / "MNIST" / "raw")
     victim = root / "MNIST" / "raw" / "t10k-images-idx3-ubyte"
     victim.write_bytes(victim.read_bytes()[:5000])
-    result = run_cli(*QUICK, f"dataset.root={root}", cwd=tmp_path)
+    result = run_here(*QUICK, f"dataset.root={root}", cwd=tmp_path)
     assert result.returncode == 1
     assert f"Error: {victim} is truncated" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
@@ -148,8 +148,8 @@ def test_truncated_data_file_fails_in_one_line_and_is_kept(tmp_path, mnist_root)
 
 
 def test_grid_with_a_bad_value_stops_with_one_line(tmp_path, mnist_root):
-    result = run_cli("--multirun", "optimizer.lr=-1,0.1", *QUICK, f"dataset.root={mnist_root}",
-                     cwd=tmp_path)
+    result = run_here("--multirun", "optimizer.lr=-1,0.1", *QUICK, f"dataset.root={mnist_root}",
+                      cwd=tmp_path)
     assert result.returncode == 1
     assert "optimizer.lr=-1 is not allowed" in result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr

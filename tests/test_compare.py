@@ -11,7 +11,6 @@ import shlex
 import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -22,7 +21,7 @@ from mlp_sweep import compare as compare_module
 from mlp_sweep.analysis.runs import find_runs
 from mlp_sweep.analysis.study import read_studies
 
-from conftest import run_cli
+from conftest import run_here
 
 slow = pytest.mark.slow
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -34,11 +33,12 @@ TINY = ["trainer.epochs=2", "trainer.progress=false", "dataset.train_limit=1000"
 def project(tmp_path_factory, mnist_root) -> Path:
     """A folder where a user ran a grid (optimizer x seed) and an Optuna sweep."""
     cwd = tmp_path_factory.mktemp("project")
-    grid = run_cli("--multirun", "optimizer=adam,sgd", "trainer.seed=0,1", *TINY,
-                   f"dataset.root={mnist_root}", "hydra.sweep.dir=multirun/grid", cwd=cwd)
+    grid = run_here("--multirun", "optimizer=adam,sgd", "trainer.seed=0,1", *TINY,
+                    f"dataset.root={mnist_root}", "hydra.sweep.dir=multirun/grid", cwd=cwd)
     assert grid.returncode == 0, grid.stderr
-    optuna = run_cli("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
-                     f"dataset.root={mnist_root}", "hydra.sweep.dir=multirun/optuna-sweep", cwd=cwd)
+    optuna = run_here("--multirun", "hparams_search=optuna", "hydra.sweeper.n_trials=3", *TINY,
+                      f"dataset.root={mnist_root}", "hydra.sweep.dir=multirun/optuna-sweep",
+                      cwd=cwd)
     assert optuna.returncode == 0, optuna.stderr
     return cwd
 
@@ -48,8 +48,7 @@ def grid_dir(project: Path) -> Path:
 
 
 def compare(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlp_sweep.compare", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=120)
+    return run_here(*args, cwd=cwd, command="mlp_sweep.compare")
 
 
 def metrics_of(folder: Path) -> dict:
@@ -110,8 +109,7 @@ def test_best_prints_config_and_a_command_that_reproduces_it(project, mnist_root
     command = result.stdout.split("Reproduce with:\n")[1].strip()
     assert command.startswith("python -m mlp_sweep.train ")
     best_folder = result.stdout.split("Best run: ")[1].split()[0]
-    rerun = subprocess.run([sys.executable, *shlex.split(command)[1:]], cwd=project,
-                           capture_output=True, text=True, timeout=300)
+    rerun = run_here(*shlex.split(command)[3:], cwd=project)
     assert rerun.returncode == 0, rerun.stderr
     [again] = [p for p in (project / "outputs").glob("*/*") if p.is_dir()]
     assert metrics_of(again)["test_accuracy"] == metrics_of(project / best_folder)["test_accuracy"]

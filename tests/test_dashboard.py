@@ -17,7 +17,7 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from conftest import run_cli
+from conftest import run_here
 
 pytestmark = pytest.mark.slow
 
@@ -47,8 +47,8 @@ def storage(tmp_path_factory, mnist_root) -> str:
     """A study written by an Optuna course search with pruning, in a SQLite file."""
     folder = tmp_path_factory.mktemp("dashboard_study")
     url = f"sqlite:///{folder}/optuna.db"
-    result = run_cli("--multirun", *SWEEP, f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage={url}", cwd=folder)
+    result = run_here("--multirun", *SWEEP, f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage={url}", cwd=folder)
     assert result.returncode == 0, result.stderr[-3000:]
     states = [t.state for t in optuna.load_study(study_name=STUDY, storage=url).trials]
     assert len(states) == 6, states

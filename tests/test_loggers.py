@@ -25,7 +25,7 @@ from mlp_sweep.training.config import validate
 from mlp_sweep.training.engine import DivergedError, EpochMetrics
 from mlp_sweep.training.loggers import EPOCH_COLUMNS, Trackers
 
-from conftest import QUICK, compose_config, run_cli
+from conftest import QUICK, compose_config, run_here
 
 EPOCHS = [EpochMetrics(epoch=1, train_loss=1.25, train_accuracy=0.61, val_accuracy=0.625,
                        test_accuracy=0.6, epoch_time_s=0.5),
@@ -222,11 +222,11 @@ SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_lim
 @pytest.mark.slow
 def test_a_two_trial_search_reads_back_in_tensorboard_and_mlflow(tmp_path, mnist_root):
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlruns.db"
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
-                     "trainer.epochs=2", "dataset.val_size=1000", *SMALL,
-                     "logger=[tensorboard,mlflow,csv]", f"logger.mlflow.tracking_uri={tracking}",
-                     cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
+                      "trainer.epochs=2", "dataset.val_size=1000", *SMALL,
+                      "logger=[tensorboard,mlflow,csv]", f"logger.mlflow.tracking_uri={tracking}",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("course_mnist", storage).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -267,8 +267,8 @@ def test_a_two_trial_search_reads_back_in_tensorboard_and_mlflow(tmp_path, mnist
 
 @pytest.mark.slow
 def test_a_single_run_logs_its_epochs_to_csv(tmp_path, mnist_root):
-    result = run_cli("logger=csv", f"dataset.root={mnist_root}", "trainer.epochs=2", *SMALL,
-                     cwd=tmp_path)
+    result = run_here("logger=csv", f"dataset.root={mnist_root}", "trainer.epochs=2", *SMALL,
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     [run_dir] = (tmp_path / "outputs").glob("*/*")
     epochs = json.loads((run_dir / "metrics.json").read_text())["epochs"]

@@ -2,8 +2,6 @@
 sweeper in your own app, and a new dataset as one config file and one registered loader."""
 
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,7 +10,7 @@ from hydra import compose, initialize_config_module
 from mlp_sweep.train import train
 from mlp_sweep.training import data
 
-from conftest import write_fashion_mnist
+from conftest import as_a_new_process, write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text()
@@ -35,15 +33,14 @@ def test_train_from_python_or_a_notebook(tmp_path, mnist_root, hydra_node):
     [example] = [e for e in examples("python", "from mlp_sweep.train import train")
                  if ("return_hydra_config=True" in e) == hydra_node]
     (tmp_path / "data").symlink_to(mnist_root)  # the config's dataset.root, ./data
-    result = subprocess.run([sys.executable, "-c", example], cwd=tmp_path, capture_output=True,
-                            text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
+    with as_a_new_process(tmp_path) as (out, _):
+        exec(example, {"__name__": "__main__"})  # as a notebook cell or `python -c` runs it
     written = sorted(p.name for p in (tmp_path / "outputs" / "notebook").glob("*")) \
         if hydra_node else []
     if hydra_node:
         assert written == ["metrics.csv", "metrics.json", "model.pt", "status.json"]
     else:
-        assert re.search(r"test accuracy 9\d\.\d\d%", result.stdout), result.stdout
+        assert re.search(r"test accuracy 9\d\.\d\d%", out.getvalue()), out.getvalue()
         assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]  # nothing written
 
 

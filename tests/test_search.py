@@ -16,7 +16,7 @@ from test_data import write_cifar10
 
 from mlp_sweep.sweeping.storage import load_study
 
-from conftest import CONF_DIR, run_cli, run_in_process, write_fashion_mnist
+from conftest import CONF_DIR, run_here, write_fashion_mnist
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -25,16 +25,15 @@ SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_lim
 
 
 def refit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "mlp_sweep.refit", *args], cwd=cwd,
-                          capture_output=True, text=True, timeout=300)
+    return run_here(*args, cwd=cwd, command="mlp_sweep.refit")
 
 
 def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = run_cli("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
-                     "trainer.epochs=2", "model.width=choice(32,256)", *SMALL,
-                     "hydra.sweep.dir=multirun/strong", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
+                      "trainer.epochs=2", "model.width=choice(32,256)", *SMALL,
+                      "hydra.sweep.dir=multirun/strong", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     study = load_study("mlp_mnist", storage)
     assert "pruner SuccessiveHalvingPruner" in result.stdout + result.stderr
@@ -56,9 +55,9 @@ def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_
 
 
 def test_a_narrowed_space_without_the_presets_first_trial_is_one_line(tmp_path, mnist_root):
-    result = run_cli("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "model.width=choice(32,64)",
-                     *SMALL, "hydra.sweep.dir=multirun/narrow", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "model.width=choice(32,64)",
+                      *SMALL, "hydra.sweep.dir=multirun/narrow", cwd=tmp_path)
     assert result.returncode == 1
     assert ("Error: hydra.sweeper.enqueue_trials[0].model.width=256 is outside its range; allowed: "
             "one of 32, 64 (or hydra.sweeper.enqueue_trials=[] to start without it)") in \
@@ -70,9 +69,9 @@ def test_a_narrowed_space_without_the_presets_first_trial_is_one_line(tmp_path, 
 def test_timeout_stops_asking_for_trials_and_a_rerun_adds_to_the_study(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     started = time.time()
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
-                     "hydra.sweeper.timeout=6", "trainer.epochs=1", *SMALL, cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
+                      "hydra.sweeper.timeout=6", "trainer.epochs=1", *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     assert "hydra.sweeper.timeout=6 s reached: no new trials" in result.stdout + result.stderr
     trials = load_study("course_mnist", storage).trials
@@ -81,9 +80,9 @@ def test_timeout_stops_asking_for_trials_and_a_rerun_adds_to_the_study(tmp_path,
     assert all(t.datetime_start.timestamp() < started + 6 + 10 for t in trials)  # + start-up
 
     # The budget is per command: running it again adds trials to the same study.
-    again = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                    f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
-                    "hydra.sweeper.timeout=3", "trainer.epochs=1", *SMALL, cwd=tmp_path)
+    again = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
+                     "hydra.sweeper.timeout=3", "trainer.epochs=1", *SMALL, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(load_study("course_mnist", storage).trials) > len(trials)
 
@@ -104,13 +103,12 @@ def test_timeout_bounds_each_async_worker(tmp_path, mnist_root):
 
 
 @pytest.mark.parametrize("timeout", ["0", "-5", "soon"])
-def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, capsys, timeout):
-    code, output = run_in_process("--multirun", "hparams_search=optuna_course",
-                                  f"dataset.root={mnist_root}",
-                                  f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-                                  f"hydra.sweeper.timeout={timeout}", *SMALL, cwd=tmp_path,
-                                  capsys=capsys)
-    assert code == 1
+def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, timeout):
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                      f"hydra.sweeper.timeout={timeout}", *SMALL, cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
     assert "hydra.sweeper.timeout=" in output and "allowed: a number of seconds > 0" in output
     assert "Traceback" not in output
     assert not (tmp_path / "optuna.db").exists()
@@ -118,10 +116,10 @@ def test_bad_timeout_is_one_line_and_creates_nothing(tmp_path, mnist_root, capsy
 
 
 def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_path, mnist_root):
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-                     "hydra.sweeper.n_trials=2", "trainer.epochs=1", *SMALL,
-                     "hydra.sweep.dir=multirun/sweep", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                      "hydra.sweeper.n_trials=2", "trainer.epochs=1", *SMALL,
+                      "hydra.sweep.dir=multirun/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "multirun" / "sweep"
     refit = refit_cli(str(sweep), "--seeds", "2", cwd=tmp_path)
@@ -139,8 +137,7 @@ def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_
         assert metrics["test_accuracy"] == summary["test_accuracy"][seed]
     assert "test accuracy" in refit.stderr and "±" in refit.stderr
 
-    shown = subprocess.run([sys.executable, "-m", "mlp_sweep.compare", str(sweep), "--json", "c.json"],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    shown = run_here(str(sweep), "--json", "c.json", cwd=tmp_path, command="mlp_sweep.compare")
     assert shown.returncode == 0, shown.stderr
     assert (f"refit of {Path(best['run_dir']).name} on training + validation images (trainer.epochs=1, "
             f"2 seeds): test accuracy {summary['test_accuracy_mean']:.4f} ±") in shown.stdout
@@ -157,11 +154,11 @@ def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_
 
 
 def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_root):
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
-                     "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=1.0",
-                     "optimizer=sgd", "optimizer.lr=inf", "trainer.epochs=1", *SMALL,
-                     "hydra.sweep.dir=multirun/failed", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db",
+                      "hydra.sweeper.n_trials=1", "hydra.sweeper.max_failure_rate=1.0",
+                      "optimizer=sgd", "optimizer.lr=inf", "trainer.epochs=1", *SMALL,
+                      "hydra.sweep.dir=multirun/failed", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "multirun" / "failed"
     refit = refit_cli(str(sweep), cwd=tmp_path)
@@ -178,42 +175,36 @@ def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_
 def test_fashion_mnist_search_runs_the_preset_on_files_in_the_real_format(tmp_path):
     write_fashion_mnist(tmp_path / "data", 300, 100)
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = run_cli("--multirun", "hparams_search=optuna", "dataset=fashion_mnist",
-                     "dataset.root=data", "dataset.val_size=100", f"hydra.sweeper.storage={storage}",
-                     "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
-                     "model.width=choice(16,32)", "hydra.sweeper.enqueue_trials=[]", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna", "dataset=fashion_mnist",
+                      "dataset.root=data", "dataset.val_size=100", f"hydra.sweeper.storage={storage}",
+                      "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
+                      "model.width=choice(16,32)", "hydra.sweeper.enqueue_trials=[]", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("mlp_fashion_mnist", storage).trials  # its own study, named by dataset
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
 
 
-CIFAR_MAIN = """
-import json
-import sys
-from torchvision import datasets
-md5 = json.loads(sys.argv.pop(1))  # the written files' checksums, in place of CIFAR-10's own
-datasets.CIFAR10.train_list = [[n, md5[n]] for n, _ in datasets.CIFAR10.train_list]
-datasets.CIFAR10.test_list = [[n, md5[n]] for n, _ in datasets.CIFAR10.test_list]
-datasets.CIFAR10.meta["md5"] = md5["batches.meta"]
-import runpy
-runpy.run_module("mlp_sweep.train", run_name="__main__")  # as python -m mlp_sweep.train
-"""
-
-
 @pytest.mark.slow  # the command line end to end
-def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path):
+def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path, monkeypatch):
     import hashlib
+
+    from torchvision import datasets
 
     folder, _ = write_cifar10(tmp_path / "data", np.random.default_rng(1))
     md5 = {p.name: hashlib.md5(p.read_bytes()).hexdigest() for p in folder.iterdir()}
+    # The written files' checksums, in place of CIFAR-10's own.
+    monkeypatch.setattr(datasets.CIFAR10, "train_list",
+                        [[n, md5[n]] for n, _ in datasets.CIFAR10.train_list])
+    monkeypatch.setattr(datasets.CIFAR10, "test_list",
+                        [[n, md5[n]] for n, _ in datasets.CIFAR10.test_list])
+    monkeypatch.setitem(datasets.CIFAR10.meta, "md5", md5["batches.meta"])
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = subprocess.run(
-        [sys.executable, "-c", CIFAR_MAIN, json.dumps(md5), "--multirun", "hparams_search=optuna",
-         "dataset=cifar10", "dataset.root=data", "dataset.val_size=5",
-         f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2", "trainer.epochs=1",
-         "trainer.progress=false", "model.width=choice(16,32)", "augment=choice(none,flip_crop)",
-         "trainer.batch_size=choice(4,8)", "hydra.sweeper.enqueue_trials=[]"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    result = run_here("--multirun", "hparams_search=optuna", "dataset=cifar10", "dataset.root=data",
+                      "dataset.val_size=5", f"hydra.sweeper.storage={storage}",
+                      "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
+                      "model.width=choice(16,32)", "augment=choice(none,flip_crop)",
+                      "trainer.batch_size=choice(4,8)", "hydra.sweeper.enqueue_trials=[]",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("mlp_cifar10", storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

@@ -1,9 +1,9 @@
 """Watching and steering a search: a line per ended trial, the sweep's last lines, a time budget
 that prunes the running trials (or lets them finish), with one sweep process and with workers.
 
-The sweeper's side runs on tests/sweeper_app/sphere.py in this process (Hydra's test utility);
-the project's own app and the workers in subprocesses, where the console and the process are the
-point.
+The sweeper's side runs on tests/sweeper_app/sphere.py in this process (Hydra's test utility),
+the project's own command in this process too (`run_here`, its console captured), and the workers
+in subprocesses, where the processes are the point.
 """
 
 import io
@@ -21,7 +21,7 @@ from optuna.trial import TrialState
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.sweeper_plugin import ProgressConf
 
-from conftest import SMALL_DATA, run_cli, run_in_process
+from conftest import SMALL_DATA, run_here
 from test_sweeper_parity import storage_of, study_of, sweep
 
 LINE = re.compile(r"^trial (\d+) (COMPLETE|PRUNED|FAIL)\b.* · (\d+) trials?: [a-z0-9, ]+ · \d+:\d\d( of \d+:\d\d)?$")
@@ -116,10 +116,10 @@ def test_a_bad_on_timeout_is_one_line(tmp_path, capsys, caplog):
 
 @pytest.mark.slow  # the command end to end, for its console
 def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_path, small_root):
-    result = run_cli("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
-                     *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=2", "hydra.sweeper.n_trials=2",
-                     f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db",
-                     f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
+                      *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=2",
+                      "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db",
+                      f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = progress_lines(result.stdout)
     assert len(lines) == 2 and re.search(r"val_accuracy \d+\.\d\d % \(epoch [12]\)", lines[0])
@@ -132,11 +132,12 @@ def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_pa
         assert "Model: MLP(" in log and "epoch 2/2" in log
 
 
-def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root, capsys):
-    code, output = run_in_process(f"dataset.root={small_root}", *SMALL_DATA,
-                                  "trainer.progress=sometimes", cwd=tmp_path, capsys=capsys)
-    assert code == 1
-    assert "Error: trainer.progress='sometimes' is not allowed; allowed: auto, true, false" in output
+def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root):
+    result = run_here(f"dataset.root={small_root}", *SMALL_DATA, "trainer.progress=sometimes",
+                      cwd=tmp_path)
+    assert result.returncode == 1
+    assert ("Error: trainer.progress='sometimes' is not allowed; allowed: auto, true, false"
+            in result.stdout + result.stderr)
 
 
 def workers(tmp_path: Path, small_root: Path, *overrides: str) -> subprocess.CompletedProcess:

@@ -1,5 +1,6 @@
 """Optuna sweeps that survive and scale: resume, pruning, failures, joblib, async workers, and
-several workers on one PostgreSQL study. Every sweep here is the real CLI on real MNIST subsets."""
+several workers on one PostgreSQL study. Every sweep here is the real CLI on real MNIST subsets, in
+this process (`run_here`) but where a process is killed, or several run at once."""
 
 import json
 import os
@@ -23,7 +24,7 @@ from mlp_sweep.sweeping.search_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.train import train
 
-from conftest import compose_config, run_cli
+from conftest import compose_config, run_cli, run_here
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -100,11 +101,11 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
 def test_pruner_stops_a_deliberately_bad_configuration(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     # Only the learning rate is searched: 1e-3 learns, 1e-7 cannot.
-    result = run_cli(*sweep_args(mnist_root, storage, 6, "trainer.epochs=3", "optimizer=sgd",
-                                 "activation=relu", "model.hidden_sizes=[128,64]",
-                                 "trainer.batch_size=64", "optimizer.lr=choice(0.05,1e-7)",
-                                 "hydra.sweeper.pruner.n_startup_trials=1",
-                                 "hydra.sweeper.pruner.n_warmup_steps=0"), cwd=tmp_path)
+    result = run_here(*sweep_args(mnist_root, storage, 6, "trainer.epochs=3", "optimizer=sgd",
+                                  "activation=relu", "model.hidden_sizes=[128,64]",
+                                  "trainer.batch_size=64", "optimizer.lr=choice(0.05,1e-7)",
+                                  "hydra.sweeper.pruner.n_startup_trials=1",
+                                  "hydra.sweeper.pruner.n_warmup_steps=0"), cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage)
     bad = [t for t in trials if t.params["optimizer.lr"] == 1e-7]
@@ -120,11 +121,11 @@ def test_pruner_stops_a_deliberately_bad_configuration(tmp_path, mnist_root):
 
 def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = run_cli(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
-                                 "activation=relu", "model.hidden_sizes=[128,64]",
-                                 "trainer.batch_size=64", "optimizer.lr=choice(0.01,1e12)",
-                                 "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.75"),
-                     cwd=tmp_path)
+    result = run_here(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
+                                  "activation=relu", "model.hidden_sizes=[128,64]",
+                                  "trainer.batch_size=64", "optimizer.lr=choice(0.01,1e12)",
+                                  "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.75"),
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage)
     assert len(trials) == 4
@@ -144,9 +145,9 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_
 def test_too_many_failures_stop_the_sweep(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     # An infinite learning rate makes every trial's loss NaN at its second step.
-    result = run_cli(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
-                                 "optimizer.lr=inf", "hydra/sweeper/pruner=none",
-                                 "hydra.sweeper.max_failure_rate=0.3"), cwd=tmp_path)
+    result = run_here(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
+                                  "optimizer.lr=inf", "hydra/sweeper/pruner=none",
+                                  "hydra.sweeper.max_failure_rate=0.3"), cwd=tmp_path)
     assert result.returncode != 0
     trials = trials_of(storage)
     assert [t.state for t in trials] == [TrialState.FAIL] * 2  # 2 > 0.3 * 4: stop there
@@ -154,11 +155,11 @@ def test_too_many_failures_stop_the_sweep(tmp_path, mnist_root):
 
 def test_joblib_launcher_runs_trials_side_by_side(tmp_path, mnist_root):
     storage = f"journal:{tmp_path}/optuna.journal"
-    result = run_cli("--multirun", "hparams_search=optuna_joblib", f"dataset.root={mnist_root}",
-                     f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
-                     "trainer.epochs=2", *SMALL, "dataset.train_limit=12000",  # jobs of about 1 s
-                     "model.depth=1", "model.width=256", "augment=none",
-                     cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_joblib", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=4",
+                      "trainer.epochs=2", *SMALL, "dataset.train_limit=12000",  # jobs of about 1 s
+                      "model.depth=1", "model.width=256", "augment=none",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage, "mlp_mnist")  # the joblib preset extends hparams_search=optuna
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]
@@ -205,7 +206,8 @@ def postgres_url():
         return
     # Not under pytest's private temporary folder: the server runs as the postgres user.
     folder = tempfile.mkdtemp(prefix="mlp_sweep_postgres_")
-    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", folder, "55433"],
+    port = 55433 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))  # one each
+    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", folder, str(port)],
                          capture_output=True, text=True, check=True).stdout.strip()
     yield url
     subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", folder], check=True)
@@ -280,10 +282,10 @@ def test_optimizer_parameters_are_searched_only_for_their_optimizer(optimizer, e
 
 def test_submitit_local_launcher_runs_the_slurm_preset_here(tmp_path, mnist_root):
     storage = f"journal:{tmp_path}/optuna.journal"
-    result = run_cli("--multirun", "hparams_search=optuna_slurm", "hydra/launcher=submitit_local",
-                     f"dataset.root={mnist_root}", f"hydra.sweeper.storage={storage}",
-                     "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=1",
-                     "model.depth=1", "model.width=64", *SMALL, cwd=tmp_path)
+    result = run_here("--multirun", "hparams_search=optuna_slurm", "hydra/launcher=submitit_local",
+                      f"dataset.root={mnist_root}", f"hydra.sweeper.storage={storage}",
+                      "hydra.sweeper.n_trials=2", "hydra.sweeper.n_jobs=2", "trainer.epochs=1",
+                      "model.depth=1", "model.width=64", *SMALL, cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage, "mlp_mnist")  # the SLURM preset extends hparams_search=optuna
     assert sorted(t.number for t in trials) == [0, 1]
@@ -295,12 +297,12 @@ def test_submitit_local_launcher_runs_the_slurm_preset_here(tmp_path, mnist_root
 
 def test_a_study_refuses_other_settings_and_resumes_with_the_same(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    first = run_cli(*sweep_args(mnist_root, storage, 2, "trainer.epochs=1"), cwd=tmp_path)
+    first = run_here(*sweep_args(mnist_root, storage, 2, "trainer.epochs=1"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
     sweeps = set((tmp_path / "multirun").glob("*/*"))
 
-    other = run_cli(*sweep_args(mnist_root, storage, 3, "trainer.epochs=2", "model.dropout=0.3"),
-                    cwd=tmp_path)
+    other = run_here(*sweep_args(mnist_root, storage, 3, "trainer.epochs=2", "model.dropout=0.3"),
+                     cwd=tmp_path)
     output = other.stdout + other.stderr
     assert other.returncode == 1 and "Traceback" not in output
     assert ("study course_mnist in " + storage + " holds trials run with other settings: "
@@ -310,13 +312,13 @@ def test_a_study_refuses_other_settings_and_resumes_with_the_same(tmp_path, mnis
     assert len(trials_of(storage)) == 2 and set((tmp_path / "multirun").glob("*/*")) == sweeps
 
     # More trials, another sweep folder, other threads: the same study, resumed.
-    grown = run_cli(*sweep_args(mnist_root, storage, 3, "trainer.epochs=1", "trainer.threads=1",
-                                "hydra.sweep.dir=elsewhere"), cwd=tmp_path)
+    grown = run_here(*sweep_args(mnist_root, storage, 3, "trainer.epochs=1", "trainer.threads=1",
+                                 "hydra.sweep.dir=elsewhere"), cwd=tmp_path)
     assert grown.returncode == 0, grown.stderr
     assert len(trials_of(storage)) == 3
     # Other settings under another name: a study of their own.
-    renamed = run_cli(*sweep_args(mnist_root, storage, 1, "trainer.epochs=2",
-                                  "hydra.sweeper.study_name=two_epochs"), cwd=tmp_path)
+    renamed = run_here(*sweep_args(mnist_root, storage, 1, "trainer.epochs=2",
+                                   "hydra.sweeper.study_name=two_epochs"), cwd=tmp_path)
     assert renamed.returncode == 0, renamed.stderr
     assert len(trials_of(storage, "two_epochs")) == 1
 
@@ -412,9 +414,8 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
         (t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
     assert victim.number not in {t.number for t in finished}
     # compare keeps the retry history: the killed trial's row says which trial ran it again.
-    shown = subprocess.run([sys.executable, "-m", "mlp_sweep.compare", "--no-group",
-                            str(tmp_path / "other-host" / "multirun"), str(tmp_path / "here" / "multirun")],
-                           cwd=tmp_path, capture_output=True, text=True, timeout=120)
+    shown = run_here("--no-group", str(tmp_path / "other-host" / "multirun"),
+                     str(tmp_path / "here" / "multirun"), cwd=tmp_path, command="mlp_sweep.compare")
     assert shown.returncode == 0, shown.stderr
     assert f"its worker stopped sending heartbeats; run again as trial {retry.number}" in shown.stdout
 

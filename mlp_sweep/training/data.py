@@ -117,21 +117,32 @@ def _normalise(images: torch.Tensor, labels: torch.Tensor, mean, std) -> Split:
 def _prepared_uint8(name: str, root: Path):
     """((train images, labels), (test images, labels)) as uint8/int64 tensors, cached on disk."""
     cache = root / "prepared" / f"{name}-v{CACHE_VERSION}.pt"
-    if cache.is_file():
-        try:
-            stored = torch.load(cache, weights_only=True)
-            log.info(f"{name}: tensors from cache {cache}")
-            return stored["train"], stored["test"]
-        except Exception as error:  # a partial copy or another torch version: rebuild it
-            log.warning(f"{name}: cache {cache} unreadable ({error}); preparing it again")
+    if (stored := _read_cache(name, cache)) is not None:
+        return stored
     _ensure_writable(root)
     with _lock(root):
+        # A process that held the lock before this one may have just prepared it.
+        if (stored := _read_cache(name, cache)) is not None:
+            return stored
         train = _from_torchvision(name, root, train=True)
         test = _from_torchvision(name, root, train=False)
         cache.parent.mkdir(exist_ok=True)
         replace_atomically(cache, lambda tmp: torch.save({"train": train, "test": test}, tmp))
     log.info(f"{name}: tensors cached in {cache}")
     return train, test
+
+
+def _read_cache(name: str, cache: Path):
+    """The cached (train, test) tensors; None when there is no cache, or none this torch reads."""
+    if not cache.is_file():
+        return None
+    try:
+        stored = torch.load(cache, weights_only=True)
+    except Exception as error:  # a partial copy or another torch version: rebuild it
+        log.warning(f"{name}: cache {cache} unreadable ({error}); preparing it again")
+        return None
+    log.info(f"{name}: tensors from cache {cache}")
+    return stored["train"], stored["test"]
 
 
 def _from_torchvision(name: str, root: Path, train: bool) -> tuple[torch.Tensor, torch.Tensor]:
