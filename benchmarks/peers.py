@@ -47,7 +47,6 @@ BENCHMARKS = Path(__file__).resolve().parent
 PYTHON = sys.executable
 TRAIN = [PYTHON, "-m", "mlp_sweep.train", "--multirun"]
 MARKER = "MLP_SWEEP_PEER_RUN"   # in the environment of every process a search starts
-STOP_GRACE_S = 15               # after its budget a search may end by itself before it is stopped
 CHECKPOINTS_MIN = (2, 5, 10)    # the table's budgets, scaled with the run's budget
 
 Command = Callable[[Path, int, float, list[str]], list[str]]
@@ -95,8 +94,6 @@ METHODS: dict[str, Command] = {
     "Ray Tune": peer_script("peer_ray.py"),
     "SMAC3": peer_script("peer_smac.py"),
 }
-# Stopped at the budget itself: a search with no time limit of its own would not end in the grace.
-WITHOUT_TIME_LIMIT = {"stock Hydra sweeper"}
 
 
 @dataclass
@@ -153,8 +150,9 @@ class Benchmark:
             time.sleep(1)
             for entry in list(running):
                 job, cpu, process, started = entry
-                grace = 0 if job.method in WITHOUT_TIME_LIMIT else STOP_GRACE_S
-                over = job.kind == "search" and time.time() > started + self.budget + grace
+                # At the budget, counted from the process's start: nothing after it counts, and a
+                # search's own time limit starts later (after its imports, its cluster).
+                over = job.kind == "search" and time.time() > started + self.budget
                 if process.poll() is None and not over:
                     continue
                 stop(process, job.name)
