@@ -27,14 +27,15 @@ $(BENCH_INSTALLED): $(INSTALLED)
 train: $(INSTALLED)
 	$(PY) -m mlp_sweep.train $(ARGS)
 
-# Two test processes, one per core of a laptop or a CI runner (tests/conftest.py says how).
+# Two test processes, one per core of a laptop or a CI runner, given the tests in the order
+# tests/conftest.py sorts them (the longest first).
 TEST_PROCESSES ?= 2
 
 test: $(BENCH_INSTALLED)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
 test-fast: $(BENCH_INSTALLED)
-	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup -m "not slow" $(PYTEST_ARGS)
+	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: sweep
 WORKERS ?= 2
