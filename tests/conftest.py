@@ -25,6 +25,7 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
+import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
@@ -103,8 +104,7 @@ def as_a_new_process(cwd: Path) -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 
 def torch_threads(threads: int | None = None) -> int:
-    import torch
-
+    """torch's thread count, set to `threads` first if given."""
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
