@@ -83,21 +83,36 @@ def test_pairs_never_run_two_searches_of_one_method_and_refits_wait_for_their_se
     assert next_job(only_refits, [Job("y", "search", 1)]) is None
 
 
-@pytest.mark.slow
-def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnist_root):
-    budget_s = 45  # a local Ray cluster takes 10-30 s to start here
-    out = tmp_path / "results"
+def run_peers(folder: Path, mnist_root: Path, budget_s: int, methods: list[str]) -> dict:
+    out = folder / "results"
     result = subprocess.run(
         [sys.executable, str(BENCHMARKS / "peers.py"), f"--data={mnist_root}", f"--out={out}",
-         f"--runs={tmp_path / 'runs'}", f"--figure={tmp_path / 'peers.png'}",
-         f"--scale={budget_s / 600}", "--seeds", "0", "--",
+         f"--runs={folder / 'runs'}", f"--figure={folder / 'peers.png'}",
+         f"--scale={budget_s / 600}", "--seeds", "0", f"--slots={min(2, len(methods))}",
+         "--methods", *methods, "--",
          "trainer.epochs=2", "dataset.train_limit=3000", "dataset.val_size=1000",
          "dataset.test_limit=1000", "model.width=choice(16,256)"],
         capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "peers_quick.json").read_text())
-    assert set(report["methods"]) == set(METHODS)
-    for name, method in report["methods"].items():
+    assert report["budget_s"] == pytest.approx(budget_s) and set(report["methods"]) == set(methods)
+    table = (out / "peers_quick.md").read_text()
+    assert all(f"| {name} |" in table for name in methods)
+    assert (folder / "peers_quick.png").stat().st_size > 10_000
+    return report
+
+
+@pytest.mark.slow
+def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnist_root):
+    # Ray Tune alone on one core, with the budget its local cluster needs to report a first epoch
+    # (10-30 s here); the other methods, which report theirs within 5-15 s, two at a time on less.
+    reports = [run_peers(tmp_path / "ray", mnist_root, 45, ["Ray Tune"]),
+               run_peers(tmp_path / "others", mnist_root, 22,
+                         [name for name in METHODS if name != "Ray Tune"])]
+    methods = {name: (method, report["budget_s"])
+               for report in reports for name, method in report["methods"].items()}
+    assert set(methods) == set(METHODS)
+    for name, (method, budget_s) in methods.items():
         trials = method["searches"]["0"]["trials"]
         counted = [e for t in trials for e in t["epochs"] if e["at_s"] <= budget_s]
         assert counted, f"{name}: no epoch within the budget; {method}"
@@ -112,8 +127,5 @@ def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnis
         best = best_by(load_searches(method)["0"], budget_s)
         assert method["refit"]["trial_dir"] == best.run_dir, f"{name}: {method['refit']}"
         assert 0.1 < method["refit"]["test_accuracy_mean"] <= 1, f"{name}: {method['refit']}"
-    table = (out / "peers_quick.md").read_text()
-    assert all(f"| {name} |" in table for name in METHODS)
-    assert (tmp_path / "peers_quick.png").stat().st_size > 10_000
     for name in METHODS:
         assert not marked_processes(f"{name} / seed 0"), f"{name} left processes running"

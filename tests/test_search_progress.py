@@ -142,7 +142,7 @@ def test_a_bad_trainer_progress_is_one_line(tmp_path, small_root):
 
 def workers(tmp_path: Path, small_root: Path, *overrides: str) -> subprocess.CompletedProcess:
     """`python -m mlp_sweep.workers 2` on the small dataset, one long trial per worker: 2 layers
-    of 1024 units, batches of 16 (about half a second an epoch), up to 400 epochs, no pruner."""
+    of 1024 units, batches of 16 (about a second an epoch, two workers on 2 cores), up to 400 epochs, no pruner."""
     return subprocess.run(
         [sys.executable, "-m", "mlp_sweep.workers", "2", f"dataset.root={small_root}", *SMALL_DATA,
          f"hydra.sweeper.storage=journal:{tmp_path}/o.journal", "hydra/sweeper/pruner=none",
@@ -161,8 +161,10 @@ def journal_trials(tmp_path: Path) -> list:
 def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
     result = workers(tmp_path, small_root, "hydra.sweeper.timeout=8")
     assert result.returncode == 0, result.stdout[-3000:]
+    # Each worker stops asking for trials at the budget: one trial each, none started after it.
+    assert (result.stdout + result.stderr).count("hydra.sweeper.timeout=8 s reached") == 2
     trials = journal_trials(tmp_path)
-    assert len(trials) == 2  # one per worker: none starts after the budget
+    assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) == 2
     for trial in trials:
         assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_by"] == "budget"
         assert 0 < len(trial.intermediate_values) < 400
@@ -176,10 +178,10 @@ def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
 @pytest.mark.slow
 def test_workers_with_finish_complete_their_trials_past_the_budget(tmp_path, small_root):
     result = workers(tmp_path, small_root, "hydra.sweeper.timeout=4", "hydra.sweeper.on_timeout=finish",
-                     "trainer.epochs=20")
+                     "trainer.epochs=10")
     assert result.returncode == 0, result.stdout[-3000:]
     trials = journal_trials(tmp_path)
     assert len(trials) == 2
     for trial in trials:
-        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 20
+        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 10
         assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 4
