@@ -159,10 +159,10 @@ def journal_trials(tmp_path: Path) -> list:
 
 @pytest.mark.slow
 def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
-    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=8")
+    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=5")
     assert result.returncode == 0, result.stdout[-3000:]
     # Each worker stops asking for trials at the budget: one trial each, none started after it.
-    assert (result.stdout + result.stderr).count("hydra.sweeper.timeout=8 s reached") == 2
+    assert (result.stdout + result.stderr).count("hydra.sweeper.timeout=5 s reached") == 2
     trials = journal_trials(tmp_path)
     assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) == 2
     for trial in trials:
@@ -178,10 +178,10 @@ def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
 @pytest.mark.slow
 def test_workers_with_finish_complete_their_trials_past_the_budget(tmp_path, small_root):
     result = workers(tmp_path, small_root, "hydra.sweeper.timeout=4", "hydra.sweeper.on_timeout=finish",
-                     "trainer.epochs=10")
+                     "trainer.epochs=8")
     assert result.returncode == 0, result.stdout[-3000:]
     trials = journal_trials(tmp_path)
     assert len(trials) == 2
     for trial in trials:
-        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 10
+        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 8
         assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 4
