@@ -30,11 +30,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from importlib.metadata import version
 from importlib.resources import files
 from pathlib import Path
 
 import psutil
+import torch
 import yaml
 
 from mlp_sweep.values import flatten
@@ -133,7 +133,7 @@ class Benchmark:
         self.overrides = [f"dataset.root={args.data.absolute()}", "trainer.threads=1",
                           "trainer.progress=false", *args.overrides]
         self.report = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": version("torch"),
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
             "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "budget_s": self.budget,
             "scale": scale, "seeds": args.seeds, "overrides": args.overrides,
             "runs": str(self.runs), "checkpoints_s": [60 * m * scale for m in CHECKPOINTS_MIN],
