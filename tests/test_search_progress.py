@@ -159,10 +159,11 @@ def journal_trials(tmp_path: Path) -> list:
 
 @pytest.mark.slow
 def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
-    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=5")
+    budget_s = 5
+    result = workers(tmp_path, small_root, f"hydra.sweeper.timeout={budget_s}")
     assert result.returncode == 0, result.stdout[-3000:]
     # Each worker stops asking for trials at the budget: one trial each, none started after it.
-    assert (result.stdout + result.stderr).count("hydra.sweeper.timeout=5 s reached") == 2
+    assert (result.stdout + result.stderr).count(f"hydra.sweeper.timeout={budget_s} s reached") == 2
     trials = journal_trials(tmp_path)
     assert len(trials) == 2 and len({t.user_attrs["worker"] for t in trials}) == 2
     for trial in trials:
@@ -177,11 +178,12 @@ def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
 
 @pytest.mark.slow
 def test_workers_with_finish_complete_their_trials_past_the_budget(tmp_path, small_root):
-    result = workers(tmp_path, small_root, "hydra.sweeper.timeout=4", "hydra.sweeper.on_timeout=finish",
-                     "trainer.epochs=8")
+    budget_s, epochs = 4, 8
+    result = workers(tmp_path, small_root, f"hydra.sweeper.timeout={budget_s}",
+                     "hydra.sweeper.on_timeout=finish", f"trainer.epochs={epochs}")
     assert result.returncode == 0, result.stdout[-3000:]
     trials = journal_trials(tmp_path)
     assert len(trials) == 2
     for trial in trials:
-        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 8
-        assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 4
+        assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == epochs
+        assert (trial.datetime_complete - trial.datetime_start).total_seconds() > budget_s

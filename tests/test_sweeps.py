@@ -53,8 +53,8 @@ def study_exists(database: Path) -> bool:
 
 
 def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    args = sweep_args(mnist_root, storage, 6, "trainer.epochs=3", "dataset.train_limit=6000",
+    storage, n_trials = f"sqlite:///{tmp_path}/optuna.db", 6
+    args = sweep_args(mnist_root, storage, n_trials, "trainer.epochs=3", "dataset.train_limit=6000",
                       "hydra/sweeper/pruner=none")
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -69,7 +69,7 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     before = {t.number: t for t in trials_of(storage) if t.state == TrialState.COMPLETE}
-    assert 2 <= len(before) < 6
+    assert 2 <= len(before) < n_trials
     metrics_before = {n: Path(t.user_attrs["run_dir"], "metrics.json").read_bytes()
                       for n, t in before.items()}
 
@@ -77,12 +77,12 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     assert second.returncode == 0, second.stderr
     after = trials_of(storage)
     finished = [t for t in counted(load_study("course_mnist", storage))]
-    assert len(finished) == 6 and all(t.state == TrialState.COMPLETE for t in finished)
+    assert len(finished) == n_trials and all(t.state == TrialState.COMPLETE for t in finished)
     for number, trial in before.items():  # kept, not re-run
         assert after[number].state == TrialState.COMPLETE and after[number].value == trial.value
         assert Path(trial.user_attrs["run_dir"], "metrics.json").read_bytes() == metrics_before[number]
     # The resumed sampler does not replay the start-up points already in the study.
-    assert len({tuple(sorted(t.params.items())) for t in finished}) == 6
+    assert len({tuple(sorted(t.params.items())) for t in finished}) == n_trials
     interrupted = [t for t in after if t.user_attrs.get("interrupted")]
     assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)
     run_dirs = [t.user_attrs["run_dir"] for t in after]
@@ -376,9 +376,9 @@ def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path,
 @pytest.mark.slow  # workers, one killed
 def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial_retried(
         tmp_path, mnist_root, postgres_url):
-    name = f"heartbeat_{uuid.uuid4().hex[:8]}"
+    name, n_trials = f"heartbeat_{uuid.uuid4().hex[:8]}", 6
     optuna.create_study(study_name=name, storage=postgres_url, direction="maximize")
-    args = sweep_args(mnist_root, postgres_url, 6, "trainer.epochs=2", "dataset.train_limit=12000",
+    args = sweep_args(mnist_root, postgres_url, n_trials, "trainer.epochs=2", "dataset.train_limit=12000",
                       f"hydra.sweeper.study_name={name}", "hydra/sweeper/pruner=none",
                       "hydra.sweeper.heartbeat_interval=1", "hydra.sweeper.grace_period=3",
                       *NO_DIVERGENCE)
@@ -412,7 +412,7 @@ def test_a_worker_killed_on_another_host_is_found_by_its_heartbeat_and_its_trial
     assert retry.state == TrialState.COMPLETE and retry.params == victim.params
     assert f"Trial {victim.number} of worker other-host:" in output and "no heartbeat" in output
     finished = counted(study)
-    assert len(finished) == 6 and all(t.state == TrialState.COMPLETE for t in finished), [
+    assert len(finished) == n_trials and all(t.state == TrialState.COMPLETE for t in finished), [
         (t.number, t.state.name, t.user_attrs, t.system_attrs) for t in trials]
     assert victim.number not in {t.number for t in finished}
     # compare keeps the retry history: the killed trial's row says which trial ran it again.
