@@ -20,6 +20,8 @@ every job, and docs/figures/peers.png at the end (`--report` draws them again fr
 """
 
 import argparse
+import ast
+import importlib.util
 import json
 import os
 import platform
@@ -34,7 +36,6 @@ from importlib.resources import files
 from pathlib import Path
 
 import psutil
-import torch
 import yaml
 
 from mlp_sweep.values import flatten
@@ -125,6 +126,15 @@ def plan(methods: list[str], seeds: list[int]) -> list[Job]:
     return order + [Job(m, "refit", needs=searches[m]) for m in methods]
 
 
+def torch_version() -> str:
+    """torch's version with its build tag (2.14.1+cu130), read from torch/version.py: the package
+    metadata drops the tag, and importing torch costs this process, which trains nothing, 3 s."""
+    version_file = Path(importlib.util.find_spec("torch").submodule_search_locations[0], "version.py")
+    assignments = ast.parse(version_file.read_text()).body
+    return next(ast.literal_eval(node.value) for node in assignments if isinstance(node, ast.Assign)
+                and [target.id for target in node.targets] == ["__version__"])
+
+
 class Benchmark:
     def __init__(self, args: argparse.Namespace, scale: float) -> None:
         self.args, self.scale = args, scale
@@ -133,7 +143,7 @@ class Benchmark:
         self.overrides = [f"dataset.root={args.data.absolute()}", "trainer.threads=1",
                           "trainer.progress=false", *args.overrides]
         self.report = {
-            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch.__version__,
+            "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch_version(),
             "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "budget_s": self.budget,
             "scale": scale, "seeds": args.seeds, "overrides": args.overrides,
             "runs": str(self.runs), "checkpoints_s": [60 * m * scale for m in CHECKPOINTS_MIN],

@@ -52,11 +52,18 @@ def main(argv: list[str] | None = None) -> int:
     return run_workers(commands, worker_environments(gpus))
 
 
+# What a GPU driver puts on Linux (NVIDIA's, its WSL bridge, AMD's ROCm). Without any of them
+# there is no GPU to count, and this launcher need not load torch (3 s of CPU) to learn it.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
 def visible_gpus() -> list[str]:
     """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indexes or UUIDs)."""
     listed = os.environ.get("CUDA_VISIBLE_DEVICES")
     if listed is not None:
         return [name.strip() for name in listed.split(",") if name.strip()]
+    if sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DRIVER_FILES):
+        return []
     import torch  # only here: the sweep workers import it themselves
 
     return [str(i) for i in range(torch.cuda.device_count())]

@@ -25,11 +25,9 @@ from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
-import torch  # noqa: E402
 from hydra import compose, initialize_config_module  # noqa: E402
 from omegaconf import DictConfig  # noqa: E402
 
-from mlp_sweep.training.data import load_splits  # noqa: E402
 from mlp_sweep.training.idx import write_idx  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the configs as a checkout holds them
@@ -105,6 +103,8 @@ def as_a_new_process(cwd: Path) -> Iterator[tuple[io.StringIO, io.StringIO]]:
 
 def torch_threads(threads: int | None = None) -> int:
     """torch's thread count, set to `threads` first if given."""
+    import torch  # here, not above: pytest-xdist's controller loads this file and runs no test
+
     if threads:
         torch.set_num_threads(threads)
     return torch.get_num_threads()
@@ -121,6 +121,8 @@ def shared_tmp(tmp_path_factory) -> Path:
 def mnist_root(tmp_path_factory) -> Path:
     """A data root holding real MNIST, got the way a user's first run gets it here; one for all
     the test processes, which prepare it in turn as a sweep's parallel jobs do."""
+    from mlp_sweep.training.data import load_splits
+
     root = shared_tmp(tmp_path_factory) / "mnist_data"
     load_splits(compose_config(f"dataset.root={root}").dataset)
     return root

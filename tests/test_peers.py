@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
@@ -96,6 +97,7 @@ def run_peers(folder: Path, mnist_root: Path, budget_s: int, methods: list[str])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     report = json.loads((out / "peers_quick.json").read_text())
     assert report["budget_s"] == pytest.approx(budget_s) and set(report["methods"]) == set(methods)
+    assert report["torch"] == torch.__version__  # with its build tag, read without importing it
     table = (out / "peers_quick.md").read_text()
     assert all(f"| {name} |" in table for name in methods)
     assert (folder / "peers_quick.png").stat().st_size > 10_000

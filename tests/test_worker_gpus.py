@@ -1,6 +1,8 @@
 """One GPU per sweep worker: the environment `mlp_sweep.workers` starts each worker with, for a
 given list of visible GPUs and flags; bad flags are one line, exit 1, nothing started."""
 
+import sys
+
 import pytest
 
 from mlp_sweep.sweeping.worker_pool import worker_environments, worker_gpus
@@ -29,6 +31,19 @@ def test_the_visible_gpus_are_the_ones_cuda_visible_devices_lists(monkeypatch):
     assert visible_gpus() == ["2", "3"]
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert visible_gpus() == []
+
+
+def test_without_a_gpu_driver_the_gpus_are_counted_without_torch(tmp_path, monkeypatch):
+    import mlp_sweep.workers as workers
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(sys, "platform", "linux")
+    monkeypatch.setattr(workers, "GPU_DRIVER_FILES", (str(tmp_path / "nvidiactl"),))
+    monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now raises ImportError
+    assert visible_gpus() == []
+    (tmp_path / "nvidiactl").touch()  # a driver: torch counts the GPUs
+    with pytest.raises(ImportError):
+        visible_gpus()
 
 
 @pytest.mark.parametrize(("visible", "flags", "message"), [

@@ -8,15 +8,16 @@ import os
 import time
 import traceback
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from mlp_sweep.files import replace_atomically, write_json
 
 STATUS_FILE = "status.json"
 METRICS_FILE = "metrics.json"
 WEIGHTS_FILE = "model.pt"
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class RunRecord:
@@ -34,7 +35,9 @@ class RunRecord:
         """Write the metrics so far; called after every epoch, so a killed run keeps its curve."""
         write_json(self.run_dir / METRICS_FILE, metrics)
 
-    def completed(self, model: nn.Module) -> None:
+    def completed(self, model: "nn.Module") -> None:
+        import torch  # here: compare and refit read the other files without loading torch
+
         replace_atomically(self.run_dir / WEIGHTS_FILE,
                            lambda tmp: torch.save(model.state_dict(), tmp))
         self._write_status("completed")
