@@ -21,6 +21,8 @@ from hydra.test_utils.test_utils import SweepTaskFunction
 from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
+from mlp_sweep.sweeping import trial_link
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 APP = Path(__file__).resolve().parent / "sweeper_app" / "sphere.py"
@@ -174,6 +176,20 @@ def test_a_task_outside_the_project_is_pruned_through_report(tmp_path):
     assert pruned and all(len(t.intermediate_values) < 5 for t in pruned)
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     assert all(len(t.intermediate_values) == 5 for t in complete)
+
+
+def test_jobs_in_the_sweeps_process_report_to_its_own_study(tmp_path, monkeypatch):
+    # Hydra's basic launcher runs each job in the sweep's process: its reports go to the sweep's
+    # study, without opening the storage again for every trial.
+    opened = []
+    monkeypatch.setattr(trial_link, "load_study", lambda *args, **kwargs: opened.append(args))
+    with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}", "steps=3",
+               "hydra.sweeper.n_trials=4"):
+        pass
+    assert opened == []
+    trials = study_of(tmp_path).trials
+    assert len(trials) == 4 and all(len(t.intermediate_values) == 3 for t in trials)
+    assert not trial_link._sweeps_here  # forgotten once the sweep ends
 
 
 @pytest.mark.slow  # a subprocess: the command line is the point

@@ -33,7 +33,8 @@ from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
                                                parse_space)
-from mlp_sweep.sweeping.trial_link import DEADLINE_VARIABLE, TRIAL_ID_VARIABLE, BudgetReached
+from mlp_sweep.sweeping.trial_link import (DEADLINE_VARIABLE, TRIAL_ID_VARIABLE, BudgetReached,
+                                           shared_with_jobs)
 from mlp_sweep.sweeping.warm_start import import_trials, trials_to_import
 
 log = logging.getLogger(__name__)
@@ -97,7 +98,8 @@ class SweepLoop:
         self.progress = SweepProgress(self.progress_settings, sweep_dir=sweep_dir,
                                       n_trials=self.n_trials, timeout=self.timeout, started=started)
         try:
-            self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
+            with shared_with_jobs(study, self.storage, self.study_name):
+                self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
         finally:
             self.progress.close()
         self.progress.ended(study, write_results(study, sweep_dir))

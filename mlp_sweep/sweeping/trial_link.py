@@ -8,9 +8,11 @@ study's name, storage and pruner come from the job's own Hydra config (`hydra.sw
 the sweeper's. Without those, as in a single run or a grid, `TrialLink.from_environment()` is None.
 """
 
+import contextlib
 import logging
 import os
 import time
+from collections.abc import Iterator
 
 import optuna
 from hydra.core.hydra_config import HydraConfig
@@ -41,6 +43,24 @@ def stop_at_budget(step: int, last: bool = False) -> None:
     raise BudgetReached(f"the budget (hydra.sweeper.timeout) ended after step {step}")
 
 
+# The studies of the sweeps running in this process, by (storage, study name, folder): their
+# in-process jobs (Hydra's basic launcher) report to the sweep's own study instead of opening the
+# storage again, about 50 ms a trial.
+_sweeps_here: dict[tuple[str | None, str | None, str], optuna.Study] = {}
+
+
+@contextlib.contextmanager
+def shared_with_jobs(study: optuna.Study, storage: str | None, study_name: str | None) -> Iterator[None]:
+    """While the block runs, a job of this process whose `hydra.sweeper` names `storage` and
+    `study_name` (as the sweep's config gives them, None included) reports to `study`."""
+    key = (storage, study_name, os.getcwd())
+    _sweeps_here[key] = study
+    try:
+        yield
+    finally:
+        del _sweeps_here[key]
+
+
 class TrialLink:
     def __init__(self, trial: optuna.Trial) -> None:
         self.trial = trial
@@ -53,7 +73,8 @@ class TrialLink:
         sweeper = HydraConfig.get().sweeper
         if not sweeper.get("storage"):
             return None  # an in-memory study lives in the sweep process only: nothing to report to
-        study = load_study(sweeper.study_name, sweeper.storage, build_pruner(sweeper.get("pruner")))
+        study = _sweeps_here.get((sweeper.storage, sweeper.study_name, os.getcwd())) or load_study(
+            sweeper.study_name, sweeper.storage, build_pruner(sweeper.get("pruner")))
         return cls(trial_from_id(study, int(trial_id)))
 
     def report(self, value: float, epoch: int, last: bool = False) -> None:
