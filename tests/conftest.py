@@ -11,6 +11,7 @@ fight over the cores with four threads.
 """
 
 import contextlib
+import functools
 import importlib
 import io
 import logging
@@ -18,6 +19,7 @@ import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here and in commands
 
+import runpy  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -49,26 +51,34 @@ def run_cli(*args: str, cwd: Path, timeout: int = 300) -> subprocess.CompletedPr
                           capture_output=True, text=True, timeout=timeout)
 
 
-def run_here(*args: str, cwd: Path, command: str = "mlp_sweep.train") -> subprocess.CompletedProcess:
-    """`python -m COMMAND ARGS` in `cwd`, run in this process: what it prints and its exit code,
-    as `run_cli` gives them, without an interpreter to start and torch to import (about 5 s of CPU
-    a command). For what a command does; `run_cli` where the process is the point: a kill, runs
-    started together, the modules a process imports, an install."""
-    main = importlib.import_module(command).main
-    argv = sys.argv
-    sys.argv = [f"{command.replace('.', '/')}.py", *args]
+def run_here(*args: str, cwd: Path, command: str = "mlp_sweep.train",
+             script: Path | None = None) -> subprocess.CompletedProcess:
+    """`python -m COMMAND ARGS` in `cwd`, or `python SCRIPT ARGS`, run in this process: what it
+    prints and its exit code, as `run_cli` gives them, without an interpreter to start and torch to
+    import (about 5 s of CPU a command). For what a command does; `run_cli` where the process is
+    the point: a kill, runs started together, the modules a process imports, an install."""
+    if script is not None:
+        argv, orig_argv = [str(script), *args], [sys.executable, str(script), *args]
+        main = functools.partial(runpy.run_path, str(script), run_name="__main__")
+    else:
+        argv = [str(Path(*command.split(".")).with_suffix(".py")), *args]
+        orig_argv = [sys.executable, "-m", command, *args]
+        main = importlib.import_module(command).main
+        if command != "mlp_sweep.train":  # Hydra's apps read sys.argv; the others take a list
+            main = functools.partial(main, list(args))
+    saved = sys.argv, sys.orig_argv
+    sys.argv, sys.orig_argv = argv, orig_argv  # as the interpreter sets them for the command
     try:
         with as_a_new_process(cwd) as (out, err):
             try:
-                # Hydra's commands read sys.argv; the others take their arguments as a list.
-                code = main() if command == "mlp_sweep.train" else main(list(args))
+                code = main()
             except SystemExit as stop:  # as the interpreter turns it into an exit status
                 code = stop.code or 0
                 if isinstance(code, str):
                     print(code, file=sys.stderr)
                     code = 1
     finally:
-        sys.argv = argv
+        sys.argv, sys.orig_argv = saved
     code = code if isinstance(code, int) else 0  # Hydra's main returns the task's value
     return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
 

@@ -3,8 +3,8 @@
 Optuna cannot record, and bad sweeper input.
 
 The scenarios run in this process through Hydra's own test utility, as Hydra's plugin tests run
-theirs; a subprocess only where the process is the point: the exit code and the one line of bad
-input, the command that best.yaml gives, and what the sweeper imports.
+theirs, and bad input as the command line exits on it (conftest.run_here); a subprocess only where
+the process is the point: the command that best.yaml gives, and what the sweeper imports.
 """
 
 import contextlib
@@ -22,6 +22,8 @@ from omegaconf import OmegaConf
 from optuna.trial import TrialState
 
 from mlp_sweep.sweeping import trial_link
+
+from conftest import run_here
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -260,7 +262,6 @@ def test_enqueued_trials_run_first_count_in_n_trials_and_are_queued_once(tmp_pat
     assert sum(t.params == {"x": 1.5, "y": 0} for t in trials) == 1
 
 
-@pytest.mark.slow  # subprocesses: the exit code and the one line are the point
 @pytest.mark.parametrize("overrides, message", [
     (["hydra.sweeper.storage=postgresql://nobody@127.0.0.1:1/nothing"],
      "hydra.sweeper.storage='postgresql://nobody@127.0.0.1:1/nothing' cannot be opened"),
@@ -292,7 +293,8 @@ def test_enqueued_trials_run_first_count_in_n_trials_and_are_queued_once(tmp_pat
     (["hydra/sweeper/pruner=patient"], "Could not find 'hydra/sweeper/pruner/patient'"),
 ])
 def test_bad_sweeper_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
-    result = sphere(tmp_path, *overrides)
+    result = run_here("--multirun", f"hydra.sweep.dir={tmp_path}/sweep", *overrides, cwd=tmp_path,
+                      script=APP)  # as `python sphere.py` exits and prints
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert message in output and "Traceback" not in output
