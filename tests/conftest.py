@@ -80,7 +80,7 @@ def run_here(*args: str, cwd: Path, command: str = "mlp_sweep.train",
     finally:
         sys.argv, sys.orig_argv = saved
     code = code if isinstance(code, int) else 0  # Hydra's main returns the task's value
-    return subprocess.CompletedProcess([command, *args], code, out.getvalue(), err.getvalue())
+    return subprocess.CompletedProcess(orig_argv, code, out.getvalue(), err.getvalue())
 
 
 @contextlib.contextmanager
