@@ -45,10 +45,14 @@ def sweep(tmp_path: Path, *overrides: str) -> Iterator[SweepTaskFunction]:
         yield runner
 
 
-def sphere(tmp_path: Path, *overrides: str) -> subprocess.CompletedProcess:
-    """`python sphere.py --multirun OVERRIDES` in tmp_path, its sweep folder tmp_path/sweep."""
-    return subprocess.run([sys.executable, str(APP), "--multirun", f"hydra.sweep.dir={tmp_path}/sweep",
-                           *overrides], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+def sphere(tmp_path: Path, *overrides: str, here: bool = False) -> subprocess.CompletedProcess:
+    """`python sphere.py --multirun OVERRIDES` in tmp_path, its sweep folder tmp_path/sweep; `here`:
+    in this process (conftest.run_here), exiting and printing as the command line does."""
+    args = ["--multirun", f"hydra.sweep.dir={tmp_path}/sweep", *overrides]
+    if here:
+        return run_here(*args, cwd=tmp_path, script=APP)
+    return subprocess.run([sys.executable, str(APP), *args], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=300)
 
 
 def storage_of(tmp_path: Path) -> str:
@@ -293,8 +297,7 @@ def test_enqueued_trials_run_first_count_in_n_trials_and_are_queued_once(tmp_pat
     (["hydra/sweeper/pruner=patient"], "Could not find 'hydra/sweeper/pruner/patient'"),
 ])
 def test_bad_sweeper_input_is_one_line_and_leaves_nothing(tmp_path, overrides, message):
-    result = run_here("--multirun", f"hydra.sweep.dir={tmp_path}/sweep", *overrides, cwd=tmp_path,
-                      script=APP)  # as `python sphere.py` exits and prints
+    result = sphere(tmp_path, *overrides, here=True)
     output = result.stdout + result.stderr
     assert result.returncode == 1, output
     assert message in output and "Traceback" not in output

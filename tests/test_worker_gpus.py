@@ -5,6 +5,7 @@ import sys
 
 import pytest
 
+from mlp_sweep import workers
 from mlp_sweep.sweeping.worker_pool import worker_environments, worker_gpus
 from mlp_sweep.workers import main, visible_gpus
 
@@ -34,8 +35,6 @@ def test_the_visible_gpus_are_the_ones_cuda_visible_devices_lists(monkeypatch):
 
 
 def test_without_a_gpu_driver_the_gpus_are_counted_without_torch(tmp_path, monkeypatch):
-    import mlp_sweep.workers as workers
-
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
     monkeypatch.setattr(workers, "GPU_DRIVER_FILES", (str(tmp_path / "nvidiactl"),))

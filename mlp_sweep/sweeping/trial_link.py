@@ -43,9 +43,9 @@ def stop_at_budget(step: int, last: bool = False) -> None:
     raise BudgetReached(f"the budget (hydra.sweeper.timeout) ended after step {step}")
 
 
-# The studies of the sweeps running in this process, by (storage, study name, folder): their
-# in-process jobs (Hydra's basic launcher) report to the sweep's own study instead of opening the
-# storage again, about 50 ms a trial.
+# The studies of the sweeps running in this process, by (storage, study name, folder) as
+# _study_of_this_job gives them for a job: their in-process jobs (Hydra's basic launcher) report
+# to the sweep's own study instead of opening the storage again, about 50 ms a trial.
 _sweeps_here: dict[tuple[str | None, str | None, str], optuna.Study] = {}
 
 
@@ -73,7 +73,7 @@ class TrialLink:
         sweeper = HydraConfig.get().sweeper
         if not sweeper.get("storage"):
             return None  # an in-memory study lives in the sweep process only: nothing to report to
-        study = _sweeps_here.get((sweeper.storage, sweeper.study_name, os.getcwd())) or load_study(
+        study = _sweeps_here.get(_study_of_this_job()) or load_study(
             sweeper.study_name, sweeper.storage, build_pruner(sweeper.get("pruner")))
         return cls(trial_from_id(study, int(trial_id)))
 
