@@ -25,6 +25,7 @@ class Trial:
     params: list[str]     # its overrides, as the sweeper or the peer wrote them
     started_s: float      # when its run began, in seconds from the search's start
     epochs: list[Epoch] = field(default_factory=list)
+    stopped_by: str = ""  # its status.json's error, when it raised to stop ("BudgetReached: ...")
 
     def epochs_by(self, at_s: float) -> list[Epoch]:
         return [e for e in self.epochs if e.at_s <= at_s]
@@ -54,7 +55,7 @@ def read_trials(folder: Path, started: float) -> list[Trial]:
         params = yaml.safe_load(overrides.read_text()) if overrides.is_file() else []
         trials.append(Trial(str(run_dir), params, status["started"] - started, [
             Epoch(e["ended_at"] - started, e["val_accuracy"], e["test_accuracy"])
-            for e in metrics["epochs"]]))
+            for e in metrics["epochs"]], status.get("error", "")))
     return sorted(trials, key=lambda t: t.started_s)
 
 
@@ -74,8 +75,17 @@ def best_by(trials: list[Trial], at_s: float) -> Best | None:
 def work_by(trials: list[Trial], at_s: float) -> dict:
     """What a one-trial-at-a-time search had spent by `at_s`: trials started, epochs trained,
     seconds in its three most expensive trials, and seconds outside any trial's run (start-up,
-    sampling, between trials). A trial runs from its start to its last epoch, or to `at_s` while
-    it has epochs still to come or is the last one started."""
+    sampling, between trials)."""
+    seconds = sorted(seconds_by(trials, at_s).values(), reverse=True)
+    return {"trials": len(seconds),
+            "epochs": sum(len(t.epochs_by(at_s)) for t in trials if t.started_s <= at_s),
+            "top3_trials_s": sum(seconds[:3]), "outside_trials_s": max(at_s - sum(seconds), 0.0)}
+
+
+def seconds_by(trials: list[Trial], at_s: float) -> dict[str, float]:
+    """Each trial begun by `at_s` (by run folder) and the seconds it had run by then: from its
+    start to its last epoch, or to `at_s` while it has epochs still to come or is the last one
+    started."""
     begun = [t for t in trials if t.started_s <= at_s]
 
     def spent(trial: Trial) -> float:
@@ -84,9 +94,54 @@ def work_by(trials: list[Trial], at_s: float) -> dict:
         end = at_s if running else (done[-1].at_s if done else trial.started_s)
         return end - max(trial.started_s, 0.0)
 
-    seconds = sorted((spent(t) for t in begun), reverse=True)
-    return {"trials": len(begun), "epochs": sum(len(t.epochs_by(at_s)) for t in begun),
-            "top3_trials_s": sum(seconds[:3]), "outside_trials_s": max(at_s - sum(seconds), 0.0)}
+    return {t.run_dir: spent(t) for t in begun}
+
+
+# How a trial ended, by the epochs it trained out of `max_epochs` (successive halving's rungs at
+# 1, 3 and 9 epochs, then the rest), in the order the table shows them.
+ENDINGS = ("stopped by 1 epoch", "by 3", "by 9", "later", "late (> 2/3 of its epochs)",
+           "by the budget", "complete")
+
+
+def ending(trial: Trial, epochs: int, max_epochs: int, last_begun: bool) -> str:
+    """Which of ENDINGS a trial that trained `epochs` epochs reached: complete at `max_epochs`;
+    stopped by the budget when it says so (the sweeper's BudgetReached) or still ran at the end;
+    else by the epoch it was stopped at (a pruned trial, or a peer's lower-fidelity run)."""
+    if epochs >= max_epochs:
+        return "complete"
+    if trial.stopped_by.startswith("BudgetReached") or last_begun:
+        return "by the budget"
+    if epochs > max_epochs * 2 / 3:
+        return "late (> 2/3 of its epochs)"
+    return next((name for name, rung in zip(ENDINGS, (1, 3, 9)) if epochs <= rung), "later")
+
+
+def time_by_ending(trials: list[Trial], at_s: float, max_epochs: int) -> dict[str, float]:
+    """The fraction of `at_s` spent in trials by how they ended (ENDINGS)."""
+    spent = seconds_by(trials, at_s)
+    begun = [t for t in trials if t.run_dir in spent]
+    fractions = dict.fromkeys(ENDINGS, 0.0)
+    for trial in begun:
+        name = ending(trial, len(trial.epochs_by(at_s)), max_epochs, trial is begun[-1])
+        fractions[name] += spent[trial.run_dir] / at_s
+    return fractions
+
+
+def mean_ranks(values: dict[str, dict[str, float | None]]) -> dict[str, float | None]:
+    """Each method's mean rank (1 = best) over the seeds every method ran, from each method's
+    value per seed: the higher value ranks first, a seed with nothing yet last, ties share their
+    mean rank. None where no seed is common to all."""
+    seeds = set.intersection(*(set(v) for v in values.values())) if values else set()
+    if not seeds:
+        return dict.fromkeys(values)
+    totals = dict.fromkeys(values, 0.0)
+    for seed in seeds:
+        scores = {name: _rank(v[seed]) for name, v in values.items()}
+        for name, score in scores.items():
+            above = sum(other > score for other in scores.values())
+            tied = sum(other == score for other in scores.values())
+            totals[name] += above + (tied + 1) / 2
+    return {name: total / len(seeds) for name, total in totals.items()}
 
 
 def curve(trials: list[Trial], times: list[float]) -> list[float | None]:

@@ -1,7 +1,9 @@
 """Ray Tune on the preset's space: ASHA (grace period 1 epoch, reduction factor 3, max = the
 preset's epochs) with Ray's OptunaSearch (TPE), one trial at a time on a one-CPU local cluster.
 
-    python benchmarks/peer_ray.py --seed 0 --budget 600 OUT [OVERRIDES...]
+    python benchmarks/peer_ray.py --seed 0 --budget 600 [--head-start] OUT [OVERRIDES...]
+
+With --head-start the preset's recipe is the first point (OptunaSearch's `points_to_evaluate`).
 
 The trainable is the project's own training (`peer_trials.run_trial`), reporting to Tune after
 every epoch through the training API's per-epoch callback. Trials go to OUT/trials/TRIAL_ID/.
@@ -30,7 +32,8 @@ def main() -> None:
             tune_config=tune.TuneConfig(
                 num_samples=-1, time_budget_s=search.budget_s,
                 search_alg=OptunaSearch(space=search.space, metric="val_accuracy", mode="max",
-                                        seed=search.seed),
+                                        seed=search.seed,
+                                        points_to_evaluate=[search.first] if search.first else None),
                 scheduler=ASHAScheduler(time_attr="training_iteration", metric="val_accuracy",
                                         mode="max", max_t=search.max_epochs, grace_period=1,
                                         reduction_factor=3)),

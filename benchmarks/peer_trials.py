@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from optuna.distributions import BaseDistribution
 
 from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
+from mlp_sweep.sweeping.sweep_settings import fits
 from mlp_sweep.training.engine import EpochMetrics
 from mlp_sweep.training.run import train_run
 
@@ -72,15 +73,28 @@ def run_trial(run_dir: Path, params: dict, overrides: list[str],
     return train_run(cfg, run_dir, on_epoch=on_epoch)
 
 
+def head_start(space: dict[str, BaseDistribution], overrides: list[str]) -> dict | None:
+    """The preset's first trial (`hydra.sweeper.enqueue_trials[0]`), the recipe every method may
+    start from, limited to the searched keys as the sweeper limits it; None if it does not fit."""
+    enqueued = compose_trial(overrides).hydra.sweeper.get("enqueue_trials") or []
+    if not enqueued:
+        return None
+    recipe = {k: v for k, v in OmegaConf.to_container(enqueued[0]).items() if k in space}
+    in_space = all(fits(space[k], v) for k, v in recipe.items())
+    return recipe if in_space and recipe.keys() == space.keys() else None
+
+
 @dataclass
 class PeerSearch:
-    """What a peer's command line asks for: `SCRIPT --seed S --budget SECONDS OUT [OVERRIDES]`."""
+    """What a peer's command line asks for:
+    `SCRIPT --seed S --budget SECONDS [--head-start] OUT [OVERRIDES]`."""
     out: Path
     seed: int
     budget_s: float
     space: dict[str, BaseDistribution]
     overrides: list[str]  # every trial's, the space's own keys left out
     max_epochs: int
+    first: dict | None    # the preset's recipe to evaluate first, with --head-start
 
 
 def peer_search(description: str) -> PeerSearch:
@@ -88,8 +102,11 @@ def peer_search(description: str) -> PeerSearch:
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--budget", type=float, required=True, help="seconds")
+    parser.add_argument("--head-start", action="store_true",
+                        help="evaluate the preset's enqueued recipe first, as the sweeper does")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
     space, overrides = preset_space(args.overrides)
     return PeerSearch(args.out.absolute(), args.seed, args.budget, space, overrides,
-                      int(compose_trial(overrides).trainer.epochs))
+                      int(compose_trial(overrides).trainer.epochs),
+                      head_start(space, overrides) if args.head_start else None)

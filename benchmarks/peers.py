@@ -1,22 +1,31 @@
 """The default search against what its users could run instead: the same space, training code,
 validation split, epochs and wall-clock budget, several seeds each, side by side.
 
-    make bench-peers            (= .venv/bin/python benchmarks/peers.py; about 95 minutes)
+    make bench-peers            (= .venv/bin/python benchmarks/peers.py; about 2 hours)
     make bench-peers QUICK=1    (every budget divided by 6: checks that it works)
+    .venv/bin/python benchmarks/peers.py --methods ours "Ray Tune"      (a part of it, then
+    .venv/bin/python benchmarks/peers.py --resume                          the rest, added)
 
-Methods, each searching hparams_search=optuna's space (benchmarks/peer_trials.py):
-- ours: `--multirun hparams_search=optuna`, as a user runs it;
+Methods, each searching hparams_search=optuna's space (benchmarks/peer_trials.py), and each
+starting from the preset's first trial (its enqueued recipe) the way its users would give it:
+- ours: `--multirun hparams_search=optuna`, as a user runs it (the preset enqueues it);
 - ours, random: the same with hydra/sweeper/sampler=random;
-- stock Hydra sweeper: hydra/sweeper=optuna (TPE, no pruning), the preset's keys and space;
-- Ray Tune: ASHA + OptunaSearch (TPE) on a one-CPU local cluster (benchmarks/peer_ray.py);
-- SMAC3: the multi-fidelity facade, epochs as the budget (benchmarks/peer_smac.py).
+- stock Hydra sweeper: hydra/sweeper=optuna (TPE, no pruning), the preset's keys and space, the
+  recipe enqueued in its study before it starts;
+- Ray Tune: ASHA + OptunaSearch (TPE) on a one-CPU local cluster, the recipe as its
+  `points_to_evaluate` (benchmarks/peer_ray.py); and without it, as a user who never read the
+  presets would run it;
+- SMAC3: the multi-fidelity facade, epochs as the budget, the recipe in its initial design
+  (benchmarks/peer_smac.py).
+Ours and Ray Tune run 5 seeds, the others 3 (SEEDS).
 
 Every search runs in its own process group on one core (affinity and one torch thread), two at a
 time, never two of the same method (so never two Ray clusters); each is stopped at its budget, and
 every process it started is stopped by its id. Only epochs that ended within the budget count
 (benchmarks/peer_curves.py). Then the median seed's final best of each method is refitted
 (`python -m mlp_sweep.refit TRIAL_DIR --seeds 1`). Writes benchmarks/results/peers.{json,md} after
-every job, and docs/figures/peers.png at the end (`--report` draws them again from the json).
+every job, and docs/figures/peers.png at the end (`--report` draws them again from the json);
+`--resume` keeps the searches that file already holds and runs only the missing ones.
 """
 
 import argparse
@@ -35,14 +44,18 @@ from datetime import datetime
 from importlib.resources import files
 from pathlib import Path
 
+import optuna
 import psutil
 import yaml
+from hydra.core.override_parser.overrides_parser import OverridesParser
 
+from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
+from mlp_sweep.sweeping.sweep_settings import fits
 from mlp_sweep.values import flatten
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from peer_curves import (Epoch, Trial, best_by, curve, median_index, read_trials,  # noqa: E402
-                         spread, work_by)
+from peer_curves import (ENDINGS, Epoch, Trial, best_by, curve, mean_ranks,  # noqa: E402
+                         median_index, read_trials, spread, time_by_ending, work_by)
 
 BENCHMARKS = Path(__file__).resolve().parent
 PYTHON = sys.executable
@@ -64,7 +77,9 @@ def ours(*extra: str) -> Command:
 def stock_sweeper(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
     """The stock plugin with the preset's training keys and space; it has no time limit (the
     benchmark stops it) and no pruning. A later entry for a key replaces an earlier one, as the
-    preset's space replaces its base values and the benchmark's overrides both."""
+    preset's space replaces its base values and the benchmark's overrides both. Its study is
+    made first, with the preset's recipe enqueued: the stock sweeper has no key for it, and a
+    user of it would enqueue the trial in the study it then loads."""
     layers = preset_layers()
     groups = [f"{key.removeprefix('override /')}={value}" for layer in layers
               for entry in layer.get("defaults", []) if isinstance(entry, dict)
@@ -75,16 +90,34 @@ def stock_sweeper(out: Path, seed: int, budget: float, overrides: list[str]) -> 
     space = layers[-1]["hydra"]["sweeper"]["params"]
     given = dict(o.split("=", 1) for o in overrides)
     entries = {**base, **space, **given}
+    storage = f"sqlite:///{out}/optuna.db"
+    study = optuna.create_study(study_name="stock", storage=storage, direction="maximize",
+                                load_if_exists=True)
+    if (recipe := head_start(layers, {k: v for k, v in entries.items() if k in space or k in given})):
+        study.enqueue_trial(recipe)
     return [*TRAIN, "hydra/sweeper=optuna", *groups, *(f"{k}={v}" for k, v in entries.items()),
             "hydra.sweeper.direction=maximize", "hydra.sweeper.n_trials=100000",
             "hydra.sweeper.n_jobs=1", "hydra.sweeper.max_failure_rate=0.3",
+            f"hydra.sweeper.storage={storage}", "hydra.sweeper.study_name=stock",
             f"hydra.sweeper.sampler.seed={seed}", f"hydra.sweep.dir={out}/sweep"]
 
 
-def peer_script(name: str) -> Command:
+def head_start(layers: list[dict], entries: dict[str, str]) -> dict | None:
+    """The preset's enqueued recipe for a space given as `key: sweep syntax` entries (a plain
+    value fixes its key, left out of the recipe); None when it does not fit that space."""
+    enqueued = layers[-1]["hydra"]["sweeper"].get("enqueue_trials") or []
+    parsed = OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in entries.items()])
+    searched = [o.input_line for o in parsed if o.is_sweep_override()]
+    space, _, _ = parse_sweep_overrides(searched)
+    recipe = {k: v for k, v in (enqueued[0] if enqueued else {}).items() if k in space}
+    ok = recipe.keys() == space.keys() and all(fits(space[k], v) for k, v in recipe.items())
+    return recipe if ok else None
+
+
+def peer_script(name: str, *extra: str) -> Command:
     def command(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
-        return [PYTHON, str(BENCHMARKS / name), f"--seed={seed}", f"--budget={budget:g}", str(out),
-                *overrides]
+        return [PYTHON, str(BENCHMARKS / name), f"--seed={seed}", f"--budget={budget:g}", *extra,
+                str(out), *overrides]
     return command
 
 
@@ -92,9 +125,14 @@ METHODS: dict[str, Command] = {
     "ours": ours(),
     "ours, random": ours("hydra/sweeper/sampler=random"),
     "stock Hydra sweeper": stock_sweeper,
-    "Ray Tune": peer_script("peer_ray.py"),
-    "SMAC3": peer_script("peer_smac.py"),
+    "Ray Tune": peer_script("peer_ray.py", "--head-start"),
+    "Ray Tune, no head start": peer_script("peer_ray.py"),
+    "SMAC3": peer_script("peer_smac.py", "--head-start"),
 }
+# Seeds per method: the comparison the table turns on (ours against Ray Tune, both given the
+# head start) at 5, the others at 3.
+SEEDS = {"ours": 5, "Ray Tune": 5}
+OTHER_SEEDS = 3
 
 
 @dataclass
@@ -112,18 +150,32 @@ class Job:
 
 def next_job(queue: list[Job], running: list[Job]) -> Job | None:
     """The first queued job whose prerequisites are done and whose method is not running: two
-    searches of one method never share the machine, nor a refit its method's searches."""
-    busy = {job.method for job in running}
+    searches of one method never share the machine, nor a refit its method's searches, nor two
+    Ray Tune searches (each starts a local cluster)."""
+    busy = {family(job.method) for job in running}
     return next((job for job in queue
-                 if all(n.done for n in job.needs) and job.method not in busy), None)
+                 if all(n.done for n in job.needs) and family(job.method) not in busy), None)
 
 
-def plan(methods: list[str], seeds: list[int]) -> list[Job]:
-    """Searches seed by seed across the methods, so that side-by-side pairs mix methods; each
-    method's refit once its seeds are done."""
-    searches = {m: [Job(m, "search", s) for s in seeds] for m in methods}
-    order = [searches[m][i] for i in range(len(seeds)) for m in methods]
-    return order + [Job(m, "refit", needs=searches[m]) for m in methods]
+def family(method: str) -> str:
+    return "Ray Tune" if method.startswith("Ray Tune") else method
+
+
+def plan(seeds: dict[str, list[int]], done: dict[str, set[int]] = {}) -> list[Job]:
+    """Each method's searches (`seeds`, by method) seed by seed across the methods, so that
+    side-by-side pairs mix methods, less those `done` already holds; then the refit of each
+    method that has a new search."""
+    searches = {m: [Job(m, "search", s) for s in ss if s not in done.get(m, set())]
+                for m, ss in seeds.items()}
+    depth = max((len(jobs) for jobs in searches.values()), default=0)
+    order = [jobs[i] for i in range(depth) for jobs in searches.values() if i < len(jobs)]
+    return order + [Job(m, "refit", needs=jobs) for m, jobs in searches.items() if jobs]
+
+
+def seeds_of(methods: list[str], seeds: list[int] | None) -> dict[str, list[int]]:
+    """The seeds each method runs: `seeds` for all when given, else SEEDS (OTHER_SEEDS)."""
+    return {m: list(seeds) if seeds is not None else list(range(SEEDS.get(m, OTHER_SEEDS)))
+            for m in methods}
 
 
 def torch_version() -> str:
@@ -142,15 +194,21 @@ class Benchmark:
         self.runs = args.runs.absolute() / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
         self.overrides = [f"dataset.root={args.data.absolute()}", "trainer.threads=1",
                           "trainer.progress=false", *args.overrides]
+        self.seeds = seeds_of(args.methods, args.seeds)
         self.report = {
             "machine": f"{platform.machine()}, {os.cpu_count()} cores", "torch": torch_version(),
             "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "budget_s": self.budget,
-            "scale": scale, "seeds": args.seeds, "overrides": args.overrides,
+            "scale": scale, "seeds": self.seeds, "overrides": args.overrides,
+            "max_epochs": max_epochs(args.overrides),
             "runs": str(self.runs), "checkpoints_s": [60 * m * scale for m in CHECKPOINTS_MIN],
             "methods": {m: {"searches": {}, "refit": None} for m in args.methods}}
+        if args.resume:
+            self.report = resumed(self.path("json"), self.report)
 
     def run(self) -> None:
-        queue, running = plan(self.args.methods, self.args.seeds), []
+        done = {m: {int(s) for s in method["searches"]}
+                for m, method in self.report["methods"].items()}
+        queue, running = plan(self.seeds, done), []
         free_cpus = sorted(os.sched_getaffinity(0))[:self.args.slots]
         while queue or running:
             while free_cpus and (job := next_job(queue, [r[0] for r in running])):
@@ -203,6 +261,7 @@ class Benchmark:
             trials = read_trials(self.folder(job), started)
             method["searches"][str(job.seed)] = {
                 "returncode": returncode, "wall_s": time.time() - started,
+                "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
                 "trials": [vars(t) | {"epochs": [vars(e) for e in t.epochs]} for t in trials]}
             best = best_by(trials, self.budget)
             print(f"  {job.name}: {len(trials)} trials, best {best and best.val_accuracy}",
@@ -223,12 +282,42 @@ class Benchmark:
 
     def save(self) -> None:
         self.args.out.mkdir(parents=True, exist_ok=True)
-        (self.args.out / f"peers{self.suffix}.json").write_text(json.dumps(self.report, indent=1) + "\n")
-        (self.args.out / f"peers{self.suffix}.md").write_text(markdown(self.report))
+        self.path("json").write_text(json.dumps(self.report, indent=1) + "\n")
+        self.path("md").write_text(markdown(self.report))
+
+    def path(self, extension: str) -> Path:
+        return self.args.out / f"peers{self.suffix}.{extension}"
 
     @property
     def suffix(self) -> str:
         return "" if self.scale == 1 and not self.args.overrides else "_quick"
+
+
+def max_epochs(overrides: list[str]) -> int:
+    """A complete trial's epochs: the preset's, unless the benchmark's overrides set them."""
+    given = dict(o.split("=", 1) for o in overrides if "=" in o)
+    preset = {k: v for layer in preset_layers() for k, v in flatten(
+        {k: v for k, v in layer.items() if k not in ("defaults", "hydra")}).items()}
+    return int(given.get("trainer.epochs", preset["trainer.epochs"]))
+
+
+def resumed(path: Path, fresh: dict) -> dict:
+    """The report at `path`, to add this run's searches to: its searches and refits kept, and
+    the methods and seeds this run asks for added. One measured with another budget, epochs or
+    overrides cannot be added to: that is one line, and nothing runs."""
+    if not path.is_file():
+        return fresh
+    report = json.loads(path.read_text())
+    for key in ("budget_s", "overrides", "max_epochs"):
+        if report.get(key) != fresh[key]:
+            raise SystemExit(f"--resume: {path} has {key}={report.get(key)!r}, this run "
+                             f"{fresh[key]!r}; allowed: the same budget, epochs and overrides")
+    for name, seeds in fresh["seeds"].items():
+        report["methods"].setdefault(name, {"searches": {}, "refit": None})
+        report["seeds"][name] = sorted({*report["seeds"].get(name, []), *seeds})
+    report["dates"] = sorted({*report.get("dates", [report["date"]]), fresh["date"]})
+    report["torch"], report["machine"] = fresh["torch"], fresh["machine"]
+    return report
 
 
 def stop(process: subprocess.Popen, name: str) -> None:
@@ -264,17 +353,26 @@ def load_searches(method: dict) -> dict[str, list[Trial]]:
 
 
 def summarise(report: dict) -> dict:
-    """Per method and checkpoint: best validation accuracy, trials and epochs over seeds."""
-    summary = {}
-    for name, method in report["methods"].items():
-        searches = load_searches(method)
+    """Per method and checkpoint: best validation accuracy, trials and epochs over seeds, the
+    mean rank among the methods, and (at the budget) the time by how trials ended."""
+    summary, searches = {}, {name: load_searches(m) for name, m in report["methods"].items()}
+    searches = {name: by_seed for name, by_seed in searches.items() if by_seed}
+    for name, by_seed in searches.items():
         rows = {}
         for at_s in report["checkpoints_s"] + [report["budget_s"]]:
-            bests = [best_by(trials, at_s) for trials in searches.values()]
-            work = [work_by(trials, at_s) for trials in searches.values()]
+            bests = [best_by(trials, at_s) for trials in by_seed.values()]
+            work = [work_by(trials, at_s) for trials in by_seed.values()]
             rows[at_s] = {"best": spread([b and b.val_accuracy for b in bests]),
-                          **{k: spread([w[k] for w in work]) for k in work[0]}} if work else None
+                          **{k: spread([w[k] for w in work]) for k in work[0]}}
+        endings = [time_by_ending(trials, report["budget_s"], report.get("max_epochs", 0))
+                   for trials in by_seed.values()]
+        rows["endings"] = {k: sum(e[k] for e in endings) / len(endings) for k in ENDINGS}
         summary[name] = rows
+    for at_s in report["checkpoints_s"]:
+        values = {name: {seed: (b.val_accuracy if (b := best_by(trials, at_s)) else None)
+                         for seed, trials in by_seed.items()} for name, by_seed in searches.items()}
+        for name, rank in mean_ranks(values).items():
+            summary[name][at_s]["mean_rank"] = rank
     return summary
 
 
@@ -282,26 +380,38 @@ def markdown(report: dict) -> str:
     summary = summarise(report)
     minutes = lambda s: f"{s / 60:g} min"  # noqa: E731
     pct = lambda v: "–" if v is None else f"{v:.2%}"  # noqa: E731
-    lines = [f"Machine: {report['machine']}; torch {report['torch']}; {report['date']}; one core "
-             f"per search, two searches side by side; {len(report['seeds'])} seeds per method; "
-             f"budget {minutes(report['budget_s'])} of wall time per search"
+    seeds = report["seeds"]
+    lines = [f"Machine: {report['machine']}; torch {report['torch']}; "
+             f"{', '.join(report.get('dates', [report['date']]))}; one core per search, two "
+             f"searches side by side; seeds per method: "
+             + ", ".join(f"{name} {len(s)}" for name, s in seeds.items())
+             + f"; budget {minutes(report['budget_s'])} of wall time per search"
              + (f" (a check: budgets x {report['scale']:.3g}, overrides {report['overrides']})"
                 if report["scale"] != 1 or report["overrides"] else ""), "",
              "Best validation accuracy so far, median (min–max) over seeds, with the trials run and "
-             "epochs trained by then (medians):", "",
-             "| method | " + " | ".join(minutes(s) for s in report["checkpoints_s"]) + " |",
-             "| --- |" + " ---: |" * len(report["checkpoints_s"])]
+             "epochs trained by then (medians), and the mean rank among the methods over the seeds "
+             "all of them ran (1 = best):", "",
+             "| method | seeds | " + " | ".join(minutes(s) for s in report["checkpoints_s"]) + " |",
+             "| --- | ---: |" + " ---: |" * len(report["checkpoints_s"])]
     for name, rows in summary.items():
         cells = []
         for at_s in report["checkpoints_s"]:
             row = rows[at_s]
-            if row is None:
-                cells.append("")
-                continue
             median, low, high = row["best"]
+            rank = row.get("mean_rank")
             cells.append(f"{pct(median)} ({pct(low)}–{pct(high)}); "
-                         f"{row['trials'][0]:.0f} trials, {row['epochs'][0]:.0f} epochs")
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+                         + (f"rank {rank:.1f}; " if rank is not None else "")
+                         + f"{row['trials'][0]:.0f} trials, {row['epochs'][0]:.0f} epochs")
+        searched = len(report["methods"][name]["searches"])
+        lines.append(f"| {name} | {searched} | " + " | ".join(cells) + " |")
+    lines += ["", f"Where the budget went, by how each trial ended (mean fraction of "
+              f"{minutes(report['budget_s'])} over seeds; trials of "
+              f"{report.get('max_epochs')} epochs; a trial stopped at a lower epoch count was "
+              "pruned, or for SMAC3 run at a lower budget):", "",
+              "| method | " + " | ".join(ENDINGS) + " |", "| --- |" + " ---: |" * len(ENDINGS)]
+    for name, rows in summary.items():
+        lines.append(f"| {name} | " + " | ".join(f"{rows['endings'][k]:.0%}" for k in ENDINGS)
+                     + " |")
     lines += ["", f"Where the time went by {minutes(report['budget_s'])} (medians over seeds): "
               "seconds in the three most expensive trials, and outside any trial's run (start-up, "
               "sampling, between trials):", "",
@@ -398,8 +508,7 @@ def figure(report: dict, path: Path) -> None:
                             color="green" if lead > 0 else "red")
     ax.set_xlabel("minutes of wall time (one core per search)")
     ax.set_ylabel("best validation accuracy so far (%)")
-    ax.set_title(f"Best so far on hparams_search=optuna's space: median and min–max over "
-                 f"{len(report['seeds'])} seeds")
+    ax.set_title("Best so far on hparams_search=optuna's space: median and min–max over seeds")
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -417,7 +526,10 @@ def main() -> None:
                         help="where the searches' folders go")
     parser.add_argument("--quick", action="store_true", help="every budget divided by 6")
     parser.add_argument("--scale", type=float, help="every budget multiplied by this")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+",
+                        help="the same seeds for every method (default: SEEDS, 3 for the others)")
+    parser.add_argument("--resume", action="store_true",
+                        help="add to the results file's searches instead of starting anew")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     parser.add_argument("--slots", type=int, default=2, help="searches side by side, one core each")
     parser.add_argument("--report", type=Path, help="draw the table and figure again from this json")

@@ -1,15 +1,19 @@
 """What a search finds, per minute of this machine: the course recipe against the search presets.
 
-    make bench-search            (= .venv/bin/python benchmarks/search.py; about 75 minutes)
+    make bench-search            (= .venv/bin/python benchmarks/search.py; about 2.5 hours)
     make bench-search QUICK=1    (every budget divided by 6: checks that it works)
+    .venv/bin/python benchmarks/search.py --parts c --seeds 123       (a part of it; then
+    .venv/bin/python benchmarks/search.py --resume                     the rest, added)
 
-Writes benchmarks/results/search.{json,md}, after each part, so a stopped run keeps what it has:
+Writes benchmarks/results/search.{json,md}, after each part, so a stopped run keeps what it has
+(`--resume` runs only the parts that file does not hold yet):
 0. the cost of augmentation: one epoch at batch 128 of a 784-1024-1024-10 MLP with
    augment=none, shift and affine (median of 3 epochs each, interleaved);
 a. the course recipe as a single run (5 epochs, trained on 50000 images, validated on 10000);
 b. hparams_search=optuna_course for 5 minutes;
-c. hparams_search=optuna (TPE) for 30 minutes, its best so far read at 5, 15 and 30 minutes from
-   the trials' completion times;
+c. hparams_search=optuna (TPE) for 30 minutes at sampler seeds 123, 124 and 125, each one's best
+   so far read at 5, 15 and 30 minutes from the trials' completion times, with the share of its
+   time spent on trials pruned late (after two thirds of their epochs);
 d. the same preset with the random sampler for 15 minutes.
 For each best: its validation accuracy (what chose it), its own test accuracy, and the refit
 (python -m mlp_sweep.refit: the same config trained on all 60000 training images) test accuracy,
@@ -17,6 +21,7 @@ mean ± std over 3 seeds. Every search runs as a user runs it, in its own proces
 """
 
 import argparse
+import functools
 import json
 import os
 import platform
@@ -29,12 +34,16 @@ from pathlib import Path
 
 import optuna
 import torch
+import yaml
 from optuna.trial import TrialState
 
 from mlp_sweep.analysis.refit_best import refit
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train"]
-SEEDS = 3
+SEEDS = 3                           # refit seeds
+SAMPLER_SEEDS = (123, 124, 125)     # the 30-minute search's
+TPE_PART = "(c) optuna, TPE"
+LATE = 2 / 3                        # a trial pruned after this share of its epochs was pruned late
 
 
 def augment_cost(data: Path) -> dict:
@@ -98,7 +107,8 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
     result = {"wall_s": wall, "trials": {
         "complete": states.count(TrialState.COMPLETE), "pruned": states.count(TrialState.PRUNED),
         "failed": states.count(TrialState.FAIL),
-        "epochs_trained": sum(len(t.intermediate_values) for t in trials)}, "at": {}}
+        "epochs_trained": sum(len(t.intermediate_values) for t in trials)}, "at": {},
+        "time_shares": time_shares(trials, wall, epochs_of(trials))}
     for label, seconds in read_at.items():
         done = [t for t in trials if t.state == TrialState.COMPLETE
                 and t.datetime_complete.timestamp() <= started + seconds]
@@ -109,6 +119,32 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
         else:
             result["at"][label] = None
     return result
+
+
+def epochs_of(trials: list[optuna.trial.FrozenTrial]) -> int:
+    """A complete trial's epochs, as its run folder's config says."""
+    run_dir = Path(trials[0].user_attrs["run_dir"])
+    return int(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["trainer"]["epochs"])
+
+
+def time_shares(trials: list[optuna.trial.FrozenTrial], wall_s: float, epochs: int) -> dict:
+    """The share of the search's wall time in trials that completed, were pruned by the pruner
+    early (by two thirds of their epochs) or late (after), or were stopped by the budget."""
+    shares = {"complete": 0.0, "pruned early": 0.0, "pruned late": 0.0, "budget": 0.0}
+    for trial in trials:
+        if trial.datetime_complete is None:
+            continue
+        seconds = (trial.datetime_complete - trial.datetime_start).total_seconds()
+        if trial.state == TrialState.COMPLETE:
+            kind = "complete"
+        elif trial.state != TrialState.PRUNED:
+            continue
+        elif trial.user_attrs.get("pruned_by") == "budget":
+            kind = "budget"
+        else:
+            kind = "pruned late" if len(trial.intermediate_values) > LATE * epochs else "pruned early"
+        shares[kind] += seconds / wall_s
+    return shares
 
 
 def best_entry(run_dir: Path, value: float, number: int, params: dict | None = None) -> dict:
@@ -143,7 +179,7 @@ def markdown(report: dict) -> str:
              "", "| search | budget | trials (complete / pruned / failed) | best val accuracy "
              "| its test accuracy | refit test accuracy (3 seeds) |",
              "| --- | --- | --- | ---: | ---: | ---: |"]
-    for name, part in report["searches"].items():
+    for name, part in sorted(report["searches"].items()):
         t = part["trials"]
         counts = f"{t.get('complete', 0)} / {t.get('pruned', 0)} / {t.get('failed', 0)}"
         for label, entry in part["at"].items():
@@ -155,14 +191,40 @@ def markdown(report: dict) -> str:
                           if refitted else "")
             lines.append(f"| {name} | {label} | {counts} | {entry['val_accuracy']:.2%} "
                          f"| {entry['test_accuracy']:.2%} | {refit_text} |")
+    lines += tpe_summary(report)
     lines += ["", "Best configurations:", ""]
-    for name, part in report["searches"].items():
+    for name, part in sorted(report["searches"].items()):
         for label, entry in part["at"].items():
             if entry and entry["params"]:
                 params = ", ".join(f"{k}={_short(v)}" for k, v in entry["params"].items())
                 lines.append(f"- {name} at {label}: trial {entry['trial']} (best epoch "
                              f"{entry['best_epoch']}): {params}")
     return "\n".join(lines) + "\n"
+
+
+def tpe_summary(report: dict) -> list[str]:
+    """The 30-minute search over its sampler seeds: the median refit at each reading, and each
+    search's share of time by how its trials ended."""
+    searches = {n: p for n, p in sorted(report["searches"].items()) if n.startswith(TPE_PART)}
+    if not searches:
+        return []
+    labels = list(next(iter(searches.values()))["at"])
+    lines = ["", f"{TPE_PART} over {len(searches)} sampler seeds: median (min–max) refit test "
+             "accuracy of each search's best at each reading; where each search's time went:", "",
+             "| reading | median refit | min | max |", "| --- | ---: | ---: | ---: |"]
+    for label in labels:
+        refits = sorted(e["refit"]["test_accuracy_mean"] for p in searches.values()
+                        if (e := p["at"].get(label)) and e.get("refit"))
+        if refits:
+            lines.append(f"| {label} | {statistics.median_low(refits):.2%} | {refits[0]:.2%} | "
+                         f"{refits[-1]:.2%} |")
+    shares = [p.get("time_shares") for p in searches.values()]
+    kinds = list(next((x for x in shares if x), {}))
+    if kinds:
+        lines += ["", "| search | " + " | ".join(kinds) + " |", "| --- |" + " ---: |" * len(kinds)]
+        lines += [f"| {n} | " + " | ".join(f"{p['time_shares'][k]:.0%}" for k in kinds) + " |"
+                  for n, p in searches.items() if p.get("time_shares")]
+    return lines
 
 
 def _short(value: object) -> str:
@@ -178,6 +240,11 @@ def main() -> None:
                         help="where the searches' folders and studies go")
     parser.add_argument("--quick", action="store_true", help="every budget divided by 6")
     parser.add_argument("--scale", type=float, help="every budget multiplied by this")
+    parser.add_argument("--parts", nargs="+", choices=list("abcd"), default=list("abcd"))
+    parser.add_argument("--seeds", type=int, nargs="+", default=list(SAMPLER_SEEDS),
+                        help="the sampler seeds of part c")
+    parser.add_argument("--resume", action="store_true",
+                        help="add to the results file: run only the parts it does not hold")
     parser.add_argument("overrides", nargs="*",
                         help="Hydra overrides for every run, e.g. trainer.epochs=2 to try it out")
     args = parser.parse_args()
@@ -194,6 +261,16 @@ def main() -> None:
               "runs": str(runs), "searches": {}}
     args.out.mkdir(parents=True, exist_ok=True)
     suffix = "" if scale == 1 and not args.overrides else "_quick"
+    results_file = args.out / f"search{suffix}.json"
+    if args.resume and results_file.is_file():
+        earlier = json.loads(results_file.read_text())
+        if (earlier["scale"], earlier["overrides"]) != (scale, args.overrides):
+            raise SystemExit(f"--resume: {results_file} was measured with scale "
+                             f"{earlier['scale']} and overrides {earlier['overrides']}; allowed: "
+                             "the same")
+        report["searches"] = earlier["searches"]
+        report["augment_cost"] = earlier["augment_cost"]
+        report["dates"] = sorted({*earlier.get("dates", [earlier["date"]]), report["date"]})
 
     def save() -> None:
         (args.out / f"search{suffix}.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -201,21 +278,24 @@ def main() -> None:
             (args.out / f"search{suffix}.md").write_text(markdown(report))
 
     refits: dict = {}
-    report["augment_cost"] = augment_cost(data)
+    if "augment_cost" not in report:
+        report["augment_cost"] = augment_cost(data)
     save()
     parts = {
         "(a) course recipe, single run": lambda: single_run(data, runs, *args.overrides),
         "(b) optuna_course, TPE": lambda: search(
             "b_course", data, runs, "optuna_course", minutes(5), {label(5): minutes(5)},
             "hydra.sweeper.n_trials=10000", *args.overrides),
-        "(c) optuna, TPE": lambda: search(
-            "c_tpe", data, runs, "optuna", minutes(30),
+        **{f"{TPE_PART}, seed {seed}": functools.partial(
+            search, f"c_tpe_{seed}", data, runs, "optuna", minutes(30),
             {label(5): minutes(5), label(15): minutes(15), label(30): minutes(30)},
-            *args.overrides),
+            f"hydra.sweeper.sampler.seed={seed}", *args.overrides) for seed in args.seeds},
         "(d) optuna, random sampler": lambda: search(
             "d_random", data, runs, "optuna", minutes(15), {label(15): minutes(15)},
             "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=123", *args.overrides),
     }
+    parts = {name: run for name, run in parts.items()
+             if name[1] in args.parts and name not in report["searches"]}
     for name, run in parts.items():
         print(f"{name} ...", flush=True)
         report["searches"][name] = run()

@@ -7,6 +7,7 @@
 
 import logging
 import sys
+import time
 from pathlib import Path
 
 import hydra
@@ -37,12 +38,17 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     if run_dir is None:
         run_dir = _hydra_output_dir()
     trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
+    first_epoch_began: list[float] = []  # when epoch 1 started: the pace leaves out the start-up
 
     def report(metrics: EpochMetrics) -> None:
         last = metrics.epoch == cfg.trainer.epochs
         if trial:
             trial.report(getattr(metrics, cfg.objective), metrics.epoch, last=last)
-        stop_at_budget(metrics.epoch, last=last)
+        if not first_epoch_began:
+            first_epoch_began.append(time.monotonic() - metrics.epoch_time_s)
+        seconds_per_epoch = (time.monotonic() - first_epoch_began[0]) / metrics.epoch
+        stop_at_budget(metrics.epoch, last=last,
+                       seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - metrics.epoch))
 
     return train_run(cfg, run_dir, on_epoch=report, tracker_identity=trial_identity(trial))
 

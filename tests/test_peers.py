@@ -7,18 +7,26 @@ import subprocess
 import sys
 from pathlib import Path
 
+import optuna
 import pytest
 import torch
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from peer_curves import Epoch, Trial, best_by, curve, median_index, spread, work_by  # noqa: E402
-from peers import METHODS, Job, load_searches, marked_processes, next_job, plan  # noqa: E402
+from peer_curves import (Epoch, Trial, best_by, curve, ending, mean_ranks,  # noqa: E402
+                         median_index, spread, time_by_ending, work_by)
+from peers import (METHODS, Job, head_start, load_searches, marked_processes,  # noqa: E402
+                   next_job, plan, preset_layers, resumed, seeds_of)
 
 SEARCHED = {"model.depth", "model.width", "model.dropout", "model.norm", "activation",
-            "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "scheduler",
-            "augment", "loss.label_smoothing"}
+            "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "augment",
+            "loss.label_smoothing"}
+
+
+# The preset's recipe as a trial's overrides (the space narrowed to widths 16 and 256).
+RECIPE = {f"{k}={v}" for k, v in head_start(preset_layers(), {
+    **preset_layers()[-1]["hydra"]["sweeper"]["params"], "model.width": "choice(16,256)"}).items()}
 
 
 def recorded(name: str, started: float, *epochs: tuple[float, float]) -> Trial:
@@ -63,7 +71,7 @@ def test_spread_over_seeds_ranks_a_seed_with_nothing_yet_lowest():
 
 
 def test_pairs_never_run_two_searches_of_one_method_and_refits_wait_for_their_seeds():
-    queue = plan(["x", "y", "z"], [0, 1])
+    queue = plan({"x": [0, 1], "y": [0, 1], "z": [0, 1]})
     assert [(j.method, j.seed) for j in queue[:6]] == [
         ("x", 0), ("y", 0), ("z", 0), ("x", 1), ("y", 1), ("z", 1)]
     running = [queue.pop(0)]
@@ -82,6 +90,67 @@ def test_pairs_never_run_two_searches_of_one_method_and_refits_wait_for_their_se
         job.done = True
     assert next_job(only_refits, []).name == "refit y"
     assert next_job(only_refits, [Job("y", "search", 1)]) is None
+
+
+def test_ours_and_ray_tune_run_five_seeds_and_a_resumed_run_only_the_missing_searches():
+    seeds = seeds_of(list(METHODS), None)
+    assert seeds["ours"] == seeds["Ray Tune"] == [0, 1, 2, 3, 4]
+    assert all(s == [0, 1, 2] for m, s in seeds.items() if m not in ("ours", "Ray Tune"))
+    assert seeds_of(["ours", "SMAC3"], [7]) == {"ours": [7], "SMAC3": [7]}
+    queue = plan({"ours": [0, 1, 2], "SMAC3": [0, 1]}, done={"ours": {0, 1}, "SMAC3": {0, 1}})
+    assert [(j.method, j.kind, j.seed) for j in queue] == [("ours", "search", 2),
+                                                          ("ours", "refit", None)]
+
+
+def test_a_resume_keeps_the_recorded_searches_and_refuses_another_budget(tmp_path):
+    fresh = {"budget_s": 600, "overrides": [], "max_epochs": 27, "date": "2026-12-05 10:00",
+             "torch": "2.14.1", "machine": "x86_64, 2 cores", "seeds": {"SMAC3": [0, 1, 2]},
+             "methods": {"SMAC3": {"searches": {}, "refit": None}}}
+    earlier = {**fresh, "date": "2026-12-04 18:00", "seeds": {"ours": [0, 1]},
+               "methods": {"ours": {"searches": {"0": {"trials": []}, "1": {"trials": []}},
+                                    "refit": {"test_accuracy_mean": 0.99}}}}
+    path = tmp_path / "peers.json"
+    path.write_text(json.dumps(earlier))
+    report = resumed(path, fresh)
+    assert report["methods"]["ours"] == earlier["methods"]["ours"]
+    assert report["seeds"] == {"ours": [0, 1], "SMAC3": [0, 1, 2]}
+    assert report["dates"] == ["2026-12-04 18:00", "2026-12-05 10:00"]
+    with pytest.raises(SystemExit, match="budget_s=600, this run 300"):
+        resumed(path, {**fresh, "budget_s": 300})
+
+
+def test_time_by_how_trials_ended_and_mean_ranks():
+    # 9-epoch trials: a pruned at 1, b at 3, c completes, d stopped late, e still runs at 100 s.
+    trials = [recorded("a", 0, (10, 0.9)),
+              recorded("b", 10, (15, 0.9), (20, 0.9), (30, 0.9)),
+              recorded("c", 30, *((30 + 5 * k, 0.95) for k in range(1, 10))),
+              recorded("d", 75, *((75 + 2 * k, 0.9) for k in range(1, 8))),
+              recorded("e", 90, (95, 0.9))]
+    fractions = time_by_ending(trials, 100, 9)
+    assert fractions["stopped by 1 epoch"] == pytest.approx(0.10)
+    assert fractions["by 3"] == pytest.approx(0.20)
+    assert fractions["complete"] == pytest.approx(0.45)
+    assert fractions["late (> 2/3 of its epochs)"] == pytest.approx(0.14)
+    assert fractions["by the budget"] == pytest.approx(0.10)  # e, the last one begun
+    assert sum(fractions.values()) == pytest.approx(0.99)     # 1 s between trials d and e
+    budget_cut = Trial("f", [], 0, [Epoch(10, 0.9, 0.9)], "BudgetReached: cannot finish")
+    assert ending(budget_cut, 1, 9, last_begun=False) == "by the budget"
+    ranks = mean_ranks({"x": {"0": 0.99, "1": 0.97, "2": 0.5},
+                        "y": {"0": 0.98, "1": 0.97, "2": None},
+                        "z": {"0": 0.97, "1": 0.99}})          # seed 2 is not common to all
+    assert ranks == {"x": pytest.approx(1.75), "y": pytest.approx(2.25), "z": pytest.approx(2.0)}
+
+
+def test_the_stock_sweeper_starts_from_the_presets_recipe_in_its_study(tmp_path):
+    command = METHODS["stock Hydra sweeper"](tmp_path, 0, 60, ["model.width=choice(16,256)"])
+    assert f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db" in command
+    study = optuna.load_study(study_name="stock", storage=f"sqlite:///{tmp_path}/optuna.db")
+    (waiting,) = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    recipe = waiting.system_attrs["fixed_params"]
+    assert recipe["model.width"] == 256 and recipe["augment"] == "shift"
+    assert set(recipe) == SEARCHED
+    # a recipe outside the narrowed space is no head start: the search starts as it would
+    assert head_start(preset_layers(), {"model.width": "choice(16,32)"}) is None
 
 
 def run_peers(folder: Path, mnist_root: Path, budget_s: int, methods: list[str]) -> dict:
@@ -108,9 +177,11 @@ def run_peers(folder: Path, mnist_root: Path, budget_s: int, methods: list[str])
 def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnist_root):
     # Ray Tune alone on one core, with the budget its local cluster needs to report a first epoch
     # (10-30 s here); the other methods, which report theirs within 5-15 s, two at a time on less.
-    reports = [run_peers(tmp_path / "ray", mnist_root, 45, ["Ray Tune"]),
+    # The two Ray Tune methods never share the machine: they run one after the other.
+    ray = [name for name in METHODS if name.startswith("Ray Tune")]
+    reports = [run_peers(tmp_path / "ray", mnist_root, 45, ray),
                run_peers(tmp_path / "others", mnist_root, 22,
-                         [name for name in METHODS if name != "Ray Tune"])]
+                         [name for name in METHODS if name not in ray])]
     methods = {name: (method, report["budget_s"])
                for report in reports for name, method in report["methods"].items()}
     assert set(methods) == set(METHODS)
@@ -119,6 +190,9 @@ def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnis
         counted = [e for t in trials for e in t["epochs"] if e["at_s"] <= budget_s]
         assert counted, f"{name}: no epoch within the budget; {method}"
         assert all(0 < e["val_accuracy"] <= 1 for e in counted)
+        if name != "Ray Tune, no head start":
+            first = min(trials, key=lambda t: t["started_s"])
+            assert RECIPE <= set(first["params"]), f"{name} did not start from the recipe"
         for trial in trials:
             keys = {p.split("=", 1)[0] for p in trial["params"]}
             assert SEARCHED <= keys, f"{name}: {trial['params']}"

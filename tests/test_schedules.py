@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from mlp_sweep.errors import UserError
 from mlp_sweep.training.schedules import build_scheduler
 
 from conftest import compose_config
@@ -34,6 +35,13 @@ def test_onecycle_spans_exactly_the_runs_batches_and_peaks_at_optimizer_lr():
     assert max(seen) == pytest.approx(0.01, rel=1e-3) and seen[-1] < 1e-4
     with pytest.raises(ValueError, match="Tried to step"):
         lrs(schedule, opt, 2)
+
+
+def test_a_onecycle_warm_up_of_exactly_one_step_is_one_line():
+    cfg = compose_config("scheduler=onecycle", "scheduler.pct_start=0.25")
+    with pytest.raises(UserError, match=r"scheduler.pct_start=0.25 is not allowed with 4 steps"):
+        build_scheduler(cfg.scheduler, optimizer(), epochs=1, steps_per_epoch=4)
+    assert build_scheduler(cfg.scheduler, optimizer(), epochs=2, steps_per_epoch=4)  # 2 steps: fine
 
 
 def test_cosine_warms_up_for_its_epochs_then_decays_to_zero():

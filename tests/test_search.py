@@ -10,6 +10,7 @@ import numpy as np
 import optuna
 import pytest
 import yaml
+from hydra import compose, initialize_config_module
 from optuna.trial import TrialState
 from test_data import write_cifar10
 
@@ -27,7 +28,7 @@ def refit_cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     return run_here(*args, cwd=cwd, command="mlp_sweep.refit")
 
 
-def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_root):
+def test_strong_preset_searches_shape_and_augmentation_under_one_schedule(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     result = run_here("--multirun", "hparams_search=optuna", f"dataset.root={mnist_root}",
                       f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=3",
@@ -39,18 +40,30 @@ def test_strong_preset_searches_shape_schedule_and_augmentation(tmp_path, mnist_
     preset = yaml.safe_load((CONF_DIR / "hparams_search" / "optuna.yaml").read_text())
     assert study.trials[0].params == preset["hydra"]["sweeper"]["enqueue_trials"][0]
     searched = {"model.depth", "model.width", "model.dropout", "model.norm", "activation",
-                "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "scheduler",
-                "augment", "loss.label_smoothing"}
+                "optimizer.lr", "optimizer.weight_decay", "trainer.batch_size", "augment",
+                "loss.label_smoothing"}
     for trial in study.trials:
         assert set(trial.params) == searched
         config = yaml.safe_load(Path(trial.user_attrs["run_dir"], ".hydra", "config.yaml").read_text())
         assert config["model"]["depth"] == trial.params["model.depth"]
+        # one schedule for all: a rung compares trials at the same point of it
+        assert config["scheduler"]["_target_"] == "torch.optim.lr_scheduler.OneCycleLR"
         assert config["trainer"]["epochs"] == 2 and config["objective"] == "val_accuracy"
     best = yaml.safe_load((tmp_path / "multirun" / "strong" / "best.yaml").read_text())
     metrics = json.loads(Path(best["run_dir"], "metrics.json").read_text())
     # The sweeper is told the kept (best validation) epoch's value, and model.pt is that epoch.
     assert best["value"] == metrics["val_accuracy"] == max(e["val_accuracy"] for e in metrics["epochs"])
     assert metrics["epochs"][metrics["best_epoch"] - 1]["val_accuracy"] == metrics["val_accuracy"]
+
+
+def test_the_strong_presets_rungs_stop_no_trial_after_most_of_its_cost():
+    with initialize_config_module(config_module="mlp_sweep.conf"):
+        cfg = compose("train", overrides=["hparams_search=optuna"], return_hydra_config=True)
+    pruner, epochs = cfg.hydra.sweeper.pruner, cfg.trainer.epochs
+    rungs = [pruner.min_resource * pruner.reduction_factor ** k for k in range(10)]
+    assert epochs in rungs  # the last rung is the trial's end, where nothing is pruned
+    assert max(r for r in rungs if r < epochs) <= epochs / 3
+    assert cfg.hydra.sweeper.on_timeout == "prune_early"
 
 
 def test_a_narrowed_space_without_the_presets_first_trial_is_one_line(tmp_path, mnist_root):
@@ -188,7 +201,8 @@ def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path, monkeypatch
                       "hydra.sweeper.n_trials=2", "trainer.epochs=1", "trainer.progress=false",
                       "model.width=choice(16,32)", "augment=choice(none,flip_crop)",
                       "trainer.batch_size=choice(4,8)", "hydra.sweeper.enqueue_trials=[]",
-                      cwd=tmp_path)
+                      # 15 images at batch 4, 1 epoch: 4 steps, of which 0.25 is one warm-up step
+                      "scheduler.pct_start=0.3", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("mlp_cifar10", storage).trials
     assert [t.state for t in trials] == [TrialState.COMPLETE] * 2

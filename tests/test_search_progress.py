@@ -106,11 +106,34 @@ def test_with_finish_the_running_trial_completes_past_the_budget(tmp_path):
     assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 1
 
 
+@pytest.mark.parametrize("on_timeout", ["prune", "prune_early"])
+def test_with_prune_early_a_trial_that_cannot_finish_stops_after_its_first_epoch(
+        tmp_path, small_root, on_timeout):
+    # 1000 epochs of 1500 images take about a minute: none fits a 4-second budget.
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
+                      *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=1000",
+                      "hydra.sweeper.timeout=4", f"hydra.sweeper.on_timeout={on_timeout}",
+                      f"hydra.sweeper.storage={storage}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    trials = optuna.load_study(study_name="course_fashion_mnist", storage=storage).trials
+    assert trials and all(t.state == TrialState.PRUNED and t.user_attrs["pruned_by"] == "budget"
+                          for t in trials)
+    epochs = [len(t.intermediate_values) for t in trials]
+    if on_timeout == "prune_early":  # each stops as soon as its pace is known, then the next
+        assert epochs == [1] * len(trials) and len(trials) > 1
+        first_log = Path(trials[0].user_attrs["run_dir"], "train.log").read_text()
+        assert "would end after the sweep's budget" in first_log
+    else:  # the one trial runs until the budget, then stops at its next epoch
+        assert len(trials) == 1 and epochs[0] > 1
+
+
 def test_a_bad_on_timeout_is_one_line(tmp_path, capsys, caplog):
     with pytest.raises(SystemExit) as stopped, sweep(tmp_path, "hydra.sweeper.on_timeout=kill"):
         pass
     assert stopped.value.code == 1
-    assert "Error: hydra.sweeper.on_timeout='kill' is not allowed; allowed: finish, prune" in capsys.readouterr().out + caplog.text
+    assert ("Error: hydra.sweeper.on_timeout='kill' is not allowed; allowed: finish, prune, "
+            "prune_early") in capsys.readouterr().out + caplog.text
     assert not (tmp_path / "sweep").exists()
 
 
@@ -160,7 +183,8 @@ def journal_trials(tmp_path: Path) -> list:
 @pytest.mark.slow
 def test_workers_stop_at_the_budget_and_name_their_lines(tmp_path, small_root):
     budget_s = 5
-    result = workers(tmp_path, small_root, f"hydra.sweeper.timeout={budget_s}")
+    result = workers(tmp_path, small_root, f"hydra.sweeper.timeout={budget_s}",
+                     "hydra.sweeper.on_timeout=prune")  # prune_early: each stops after epoch 1
     assert result.returncode == 0, result.stdout[-3000:]
     # Each worker stops asking for trials at the budget: one trial each, none started after it.
     assert (result.stdout + result.stderr).count(f"hydra.sweeper.timeout={budget_s} s reached") == 2

@@ -14,6 +14,8 @@ from mlp_sweep.analysis.study import StudyRecord
 from mlp_sweep.sweeping.warm_start import IMPORTED
 from test_sweeper_parity import storage_of, sweep
 
+from conftest import SMALL_DATA, run_here
+
 NARROWER = "y=choice(0,5)"  # the earlier study also tried y=-5: those trials do not fit
 
 
@@ -103,3 +105,26 @@ def test_an_enqueued_set_runs_first_even_when_an_imported_trial_has_it(tmp_path,
     warm = optuna.load_study(study_name="warm", storage=storage_of(tmp_path))
     first_own = next(t for t in warm.trials if IMPORTED not in t.user_attrs)
     assert first_own.params == known
+
+
+def test_trials_of_a_preset_with_conditional_keys_are_imported(tmp_path, small_root):
+    # optuna_course's custom search space adds keys by optimizer (optimizer.momentum for SGD,
+    # optimizer.betas.0 for Adam, optimizer.alpha for RMSprop): its trials set more than `params`.
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    course = ["--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
+              *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=1",
+              f"hydra.sweeper.storage={storage}"]
+    first = run_here(*course, "hydra.sweeper.n_trials=4", "hydra.sweep.dir=first", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    earlier = optuna.load_study(study_name="course_fashion_mnist", storage=storage)
+    assert any(set(t.params) - {"model.hidden_sizes", "activation", "optimizer", "optimizer.lr",
+                                "trainer.batch_size"} for t in earlier.trials)
+    warm = run_here(*course, "hydra.sweeper.n_trials=1", "hydra.sweeper.study_name=course_again",
+                    "hydra.sweeper.warm_start=course_fashion_mnist", "hydra.sweep.dir=warm",
+                    cwd=tmp_path)
+    assert warm.returncode == 0, warm.stdout + warm.stderr
+    again = optuna.load_study(study_name="course_again", storage=storage)
+    imported = [t for t in again.trials if IMPORTED in t.user_attrs]
+    finished = [t for t in earlier.trials if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert [(t.params, t.state) for t in imported] == [(t.params, t.state) for t in finished]
+    assert len(again.trials) == len(imported) + 1

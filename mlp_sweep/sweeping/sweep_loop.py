@@ -1,6 +1,7 @@
 """The sweep's ask–launch–tell loop: ask the study for up to `n_jobs` trials, launch them as
 Hydra jobs through the configured launcher, tell the study how each ended, until `n_trials` or
-`timeout` (after which, with `on_timeout: prune`, running trials stop at their next report).
+`timeout` (after which, with `on_timeout: prune`, running trials stop at their next report; with
+`prune_early`, a trial stops as soon as its own pace says it cannot finish by then).
 
 Each job gets its trial's id in its environment (mlp_sweep.sweeping.trial_link), reports per step
 and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
@@ -33,8 +34,8 @@ from mlp_sweep.sweeping.storage import Heartbeat, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
                                                parse_space)
-from mlp_sweep.sweeping.trial_link import (DEADLINE_VARIABLE, TRIAL_ID_VARIABLE, BudgetReached,
-                                           shared_with_jobs)
+from mlp_sweep.sweeping.trial_link import (DEADLINE_VARIABLE, PRUNE_EARLY_VARIABLE,
+                                           TRIAL_ID_VARIABLE, BudgetReached, shared_with_jobs)
 from mlp_sweep.sweeping.warm_start import import_trials, trials_to_import
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class SweepLoop:
         self.progress_settings = progress
         self.config, self.launcher = config, launcher
         self.other_workers = resume.OtherWorkers(heartbeat)
-        self.deadline: float | None = None  # Unix time the budget ends, with on_timeout=prune
+        self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
         self.progress: SweepProgress | None = None
 
     def run(self, arguments: list[str]) -> None:
@@ -72,7 +73,8 @@ class SweepLoop:
         for name in fixed_params:
             space.pop(name, None)
         first_trials = checked_trials(self.enqueue_trials, space, fixed_params)
-        imported = trials_to_import(self.warm_start, self.storage, space, self.directions)
+        imported = trials_to_import(self.warm_start, self.storage, space, self.directions,
+                                    conditional=self.custom_search_space is not None)
         sampler = build_sampler(self.sampler_config)
         grid = grid_of(sampler, space)
         if grid is not None:
@@ -94,7 +96,7 @@ class SweepLoop:
         # The wall-clock moment the budget ends, for the jobs: with on_timeout=prune they stop
         # at their first epoch report after it.
         self.deadline = (time.time() + self.timeout - (time.monotonic() - started)
-                         if self.timeout is not None and self.on_timeout == "prune" else None)
+                         if self.timeout is not None and self.on_timeout != "finish" else None)
         self.progress = SweepProgress(self.progress_settings, sweep_dir=sweep_dir,
                                       n_trials=self.n_trials, timeout=self.timeout, started=started)
         try:
@@ -151,6 +153,8 @@ class SweepLoop:
                 fixed_overrides: list[str]) -> list[JobReturn]:
         """Run the trials as one batch of Hydra jobs, with heartbeats (RDB storages) meanwhile."""
         every_job = [f"+hydra.job.env_set.{DEADLINE_VARIABLE}={self.deadline or 'none'}",
+                     f"+hydra.job.env_set.{PRUNE_EARLY_VARIABLE}="
+                     f"{int(self.on_timeout == 'prune_early')}",
                      *self._quiet_console()]
         overrides = [
             (*self._job_overrides(trial, fixed_params, fixed_overrides),

@@ -25,7 +25,7 @@ PRUNER_PACKAGE = "optuna.pruners."
 PRUNER_TARGETS = [f"{PRUNER_PACKAGE}*"]
 SAMPLERS = "tpe, random, cmaes, nsgaii, nsgaiii, qmc, gp, grid"
 PRUNERS = "none, median, successive_halving, hyperband"
-ON_TIMEOUT = ("finish", "prune")  # what running trials do at hydra.sweeper.timeout
+ON_TIMEOUT = ("finish", "prune", "prune_early")  # what running trials do at hydra.sweeper.timeout
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:

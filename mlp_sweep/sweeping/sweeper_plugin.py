@@ -103,7 +103,8 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     timeout: Any = None
     # What the running trials do at the timeout: finish (Optuna's `study.optimize(timeout=...)`),
     # or prune: stop at their next report, recorded PRUNED by the budget, so that the search ends
-    # within about one epoch of its timeout.
+    # within about one epoch of its timeout; or prune_early: as prune, and a trial that reports
+    # its time left (mlp_sweep.train does) stops as soon as it cannot finish by the timeout.
     on_timeout: Any = "finish"
     # Dead workers on any host (RDB storages): a running trial records a heartbeat every
     # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is

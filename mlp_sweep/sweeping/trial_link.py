@@ -26,6 +26,8 @@ log = logging.getLogger(__name__)
 TRIAL_ID_VARIABLE = "MLP_SWEEP_TRIAL_ID"
 # Unix time at which the sweep's budget ends, for `hydra.sweeper.on_timeout: prune`; "none" else.
 DEADLINE_VARIABLE = "MLP_SWEEP_DEADLINE"
+# "1" with `on_timeout: prune_early`: a trial that cannot finish by the deadline stops at once.
+PRUNE_EARLY_VARIABLE = "MLP_SWEEP_PRUNE_EARLY"
 
 
 class BudgetReached(optuna.TrialPruned):
@@ -33,14 +35,27 @@ class BudgetReached(optuna.TrialPruned):
     recorded PRUNED, with the budget as the reason."""
 
 
-def stop_at_budget(step: int, last: bool = False) -> None:
+def stop_at_budget(step: int, last: bool = False, seconds_to_finish: float | None = None) -> None:
     """Raise BudgetReached when the sweep running this job has used its time budget
-    (`hydra.sweeper.timeout` with `on_timeout: prune`); after the `last` step the trial completes."""
+    (`hydra.sweeper.timeout` with `on_timeout: prune`); after the `last` step the trial completes.
+
+    With `on_timeout: prune_early` it raises as soon as `seconds_to_finish` (the job's own
+    estimate of its remaining steps) would end after the budget: such a trial would be stopped
+    unfinished anyway, and every second it still ran would be lost to the search."""
     deadline = os.environ.get(DEADLINE_VARIABLE, "none")
-    if last or deadline == "none" or time.time() < float(deadline):
+    if last or deadline == "none":
         return
-    log.info(f"stopped after step {step}: the sweep's time budget (hydra.sweeper.timeout) is spent")
-    raise BudgetReached(f"the budget (hydra.sweeper.timeout) ended after step {step}")
+    now = time.time()
+    if now >= float(deadline):
+        log.info(f"stopped after step {step}: the sweep's time budget (hydra.sweeper.timeout) is spent")
+        raise BudgetReached(f"the budget (hydra.sweeper.timeout) ended after step {step}")
+    if (seconds_to_finish is not None and os.environ.get(PRUNE_EARLY_VARIABLE) == "1"
+            and now + seconds_to_finish > float(deadline)):
+        log.info(f"stopped after step {step}: its remaining steps (about {seconds_to_finish:.0f} s) "
+                 f"would end after the sweep's budget, {float(deadline) - now:.0f} s from now")
+        raise BudgetReached(f"cannot finish within the budget (hydra.sweeper.timeout): about "
+                            f"{seconds_to_finish:.0f} s left to run after step {step}, "
+                            f"{float(deadline) - now:.0f} s of budget")
 
 
 # The studies of the sweeps running in this process, by (storage, study name, folder) as

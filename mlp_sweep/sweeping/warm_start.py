@@ -37,9 +37,13 @@ def own_trials(study: optuna.Study) -> list[FrozenTrial]:
 
 
 def trials_to_import(spec: Any, storage: str | None, space: dict[str, BaseDistribution],
-                     directions: list[str]) -> list[FrozenTrial]:
+                     directions: list[str], conditional: bool = False) -> list[FrozenTrial]:
     """The earlier study's finished trials that fit `space`, as trials of this study; UserError
-    when the study is not there or none of its trials fits. Opens nothing it would create."""
+    when the study is not there or none of its trials fits. Opens nothing it would create.
+
+    With `conditional` (the sweep has a custom search space) a trial may set keys beyond `space`:
+    those its custom search space added (`optimizer.momentum` for an SGD trial), imported with
+    the distributions they were sampled from."""
     if spec is None:
         return []
     name, source = _study_and_storage(spec, storage)
@@ -54,11 +58,12 @@ def trials_to_import(spec: Any, storage: str | None, space: dict[str, BaseDistri
         raise UserError(f"{KEY}={name!r} has directions {[d.name.lower() for d in earlier.directions]}"
                         f"; allowed: a study with this sweep's {directions}")
     finished = earlier.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-    fitting = [t for t in finished if _fits_space(t.params, space)]
+    fitting = [t for t in finished if _fits_space(t.params, space, conditional)]
     if not fitting:
+        extra = " (and the keys its custom search space adds)" if conditional else ""
         raise UserError(f"{KEY}={name!r}: none of its {len(finished)} finished trials fits this "
                         f"search's space; allowed: a study whose trials set exactly "
-                        f"{', '.join(sorted(space))}, each within its range")
+                        f"{', '.join(sorted(space))}{extra}, each within its range")
     return [_as_imported(t, name, space) for t in fitting]
 
 
@@ -101,14 +106,16 @@ def _file_of(storage: str) -> Path | None:
     return None
 
 
-def _fits_space(params: dict[str, Any], space: dict[str, BaseDistribution]) -> bool:
-    return params.keys() == space.keys() and all(fits(space[k], v) for k, v in params.items())
+def _fits_space(params: dict[str, Any], space: dict[str, BaseDistribution],
+                conditional: bool) -> bool:
+    keys_fit = params.keys() >= space.keys() if conditional else params.keys() == space.keys()
+    return keys_fit and all(fits(space[k], params[k]) for k in space)
 
 
 def _as_imported(trial: FrozenTrial, study_name: str, space: dict[str, BaseDistribution]) -> FrozenTrial:
     return optuna.trial.create_trial(
         state=trial.state, params=trial.params,
-        distributions={k: space[k] for k in trial.params},
+        distributions={k: space.get(k, trial.distributions[k]) for k in trial.params},
         values=trial.values if trial.state == TrialState.COMPLETE else None,
         intermediate_values=trial.intermediate_values,
         user_attrs={IMPORTED: f"{study_name}#{trial.number}"})

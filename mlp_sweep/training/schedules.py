@@ -14,6 +14,7 @@ from hydra.utils import get_object, instantiate
 from omegaconf import DictConfig
 from torch.optim.lr_scheduler import CosineAnnealingLR, LinearLR, LRScheduler, SequentialLR
 
+from mlp_sweep.errors import UserError
 from mlp_sweep.training.config import ALLOWED_SCHEDULERS, with_canonical_names
 
 
@@ -32,11 +33,24 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
     length = {"total_steps": epochs * steps_per_epoch if per_batch else epochs,
               "steps_per_epoch": steps_per_epoch if per_batch else 1}
     accepted = inspect.signature(get_object(cfg._target_)).parameters
+    _check_warmup_length(cfg, length["total_steps"])
     scheduler = instantiate(
         {k: v for k, v in cfg.items() if k != "interval"}, optimizer,
         **{k: v for k, v in length.items() if k in accepted},
         _execution_whitelist_=with_canonical_names(ALLOWED_SCHEDULERS))
     return Schedule(scheduler, per_batch)
+
+
+def _check_warmup_length(cfg: DictConfig, total_steps: int) -> None:
+    """torch's OneCycleLR divides by its warm-up's length in steps less one: a warm-up of exactly
+    one step (pct_start x total steps = 1, a tiny run) fails inside its first step."""
+    pct_start = cfg.get("pct_start")
+    if cfg._target_.endswith("OneCycleLR") and pct_start is not None \
+            and float(pct_start) * total_steps == 1:
+        raise UserError(f"scheduler.pct_start={pct_start} is not allowed with {total_steps} steps "
+                        "in all (a warm-up of exactly one step, which OneCycleLR cannot take); "
+                        "allowed: another pct_start, or more steps (trainer.epochs, a smaller "
+                        "trainer.batch_size)")
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, steps_per_epoch: int,
