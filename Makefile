@@ -49,11 +49,11 @@ bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeli
 bench-sweeps: $(INSTALLED)   ## pruning and parallel-trial gains of the Optuna sweep (about 6 minutes)
 	$(PY) benchmarks/sweep_gains.py
 
-bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, refits included (about 75 minutes; QUICK=1: 13)
+bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, 3 seeds, refits included (about 2.5 hours; QUICK=1: 25)
 	$(PY) benchmarks/search.py $(if $(QUICK),--quick)
 
 bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)
 	$(PY) benchmarks/warm_start.py
 
-bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 95 minutes; QUICK=1: about 30)
+bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 2 hours; QUICK=1: about 20)
 	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)
