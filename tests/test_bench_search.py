@@ -10,7 +10,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from search import TPE_PART, time_shares, tpe_summary  # noqa: E402
+from search import TPE_PART, markdown, time_shares, tpe_summary  # noqa: E402
 
 START = datetime(2026, 12, 4, 18, 0, 0)
 
@@ -50,3 +50,19 @@ def test_the_summary_gives_the_median_refit_over_seeds_at_each_reading():
     assert "| 30 min | 99.36% | 99.30% | 99.40% |" in lines
     assert f"| {TPE_PART}, seed 125 | 50% | 30% | 12% | 0% |" in lines
     assert not any("course recipe" in line for line in lines)
+
+
+def test_each_refit_shows_how_many_seeds_it_ran():
+    def best(*accuracies: float) -> dict:
+        mean = sum(accuracies) / len(accuracies)
+        return {"trial": 2, "val_accuracy": 0.993, "test_accuracy": 0.992, "best_epoch": 25,
+                "params": {}, "refit": {"test_accuracy": list(accuracies),
+                                        "test_accuracy_mean": mean,
+                                        "test_accuracy_std": max(accuracies) - mean}}
+    report = {"machine": "x86_64, 2 cores", "torch": "2.14.1", "date": "2026-12-04 20:29",
+              "quick": False, "augment_cost": {"none": {"epoch_s": 4.6, "vs_none": 1.0}},
+              "searches": {f"{TPE_PART}, seed 123": {
+                  "trials": {"complete": 4, "pruned": 30},
+                  "at": {"15 min": best(0.9932, 0.9932, 0.9931), "30 min": best(0.9935)}}}}
+    text = markdown(report)
+    assert "| 99.32% ± 0.00% (3) |" in text and "| 99.35% ± 0.00% (1) |" in text
