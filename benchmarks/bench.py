@@ -72,8 +72,9 @@ def seed_pipeline(root: Path, epochs: int) -> dict:
             "test_accuracy": correct / total}
 
 
-def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64) -> dict:
-    """mlp_sweep's own path: cached whole tensors, sliced batches, the optimizer from conf/."""
+def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64, precision: str = "fp32") -> dict:
+    """mlp_sweep's own path: cached whole tensors, sliced batches, the optimizer from conf/,
+    training passes in `precision` (trainer.precision's fp32 or bf16)."""
     from omegaconf import OmegaConf
 
     from mlp_sweep.training.data import load_splits
@@ -91,7 +92,8 @@ def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64) -> dict:
     epoch_times = []
     for _ in range(epochs):
         start = time.perf_counter()
-        train_epoch(model, optimizer, splits.train, batch_size, generator)
+        train_epoch(model, optimizer, splits.train, batch_size, generator,
+                    dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         epoch_times.append(time.perf_counter() - start)
     start = time.perf_counter()
     accuracy = evaluate(model, splits.test)
@@ -120,10 +122,12 @@ def _time(fn) -> float:
     return time.perf_counter() - start
 
 
-def in_subprocess(pipeline: str, root: Path, epochs: int, batch_size: int = 64) -> dict:
+def in_subprocess(pipeline: str, root: Path, epochs: int, batch_size: int = 64,
+                  precision: str = "fp32") -> dict:
     """Run one pipeline in a fresh process so that its peak memory is its own."""
     out = subprocess.run([sys.executable, __file__, "--child", pipeline, "--data", str(root),
-                          "--epochs", str(epochs), "--batch-size", str(batch_size)],
+                          "--epochs", str(epochs), "--batch-size", str(batch_size),
+                          "--precision", precision],
                          check=True, capture_output=True, text=True).stdout
     return json.loads(out.strip().splitlines()[-1])
 
@@ -155,11 +159,17 @@ def markdown(r: dict) -> str:
              f"Same recipe and seed, {r['epochs']} epochs each (MNIST, MLP 784-128-64-10, Adam 1e-3, batch 64):", "",
              "| pipeline | train s/epoch (median) | test evaluation s | test accuracy | peak memory MiB |",
              "| --- | ---: | ---: | ---: | ---: |"]
-    for name, x in (("course: DataLoader + ToTensor/Normalize", seed), ("mlp_sweep", fast)):
+    rows = [("course: DataLoader + ToTensor/Normalize", seed), ("mlp_sweep", fast)]
+    if "mlp_sweep_bf16" in r:
+        rows.append(("mlp_sweep, trainer.precision=bf16", r["mlp_sweep_bf16"]))
+    for name, x in rows:
         lines.append(f"| {name} | {x['epoch_s']:.3f} | {x['eval_s']:.3f} | {x['test_accuracy']:.4f} "
                      f"| {x['peak_rss_mib']:.0f} |")
     lines.append(f"| **ratio (course / mlp_sweep)** | **{r['ratios']['train_epoch']:.1f}x** "
                  f"| **{r['ratios']['eval']:.1f}x** | | |")
+    if "train_epoch_bf16" in r["ratios"]:
+        lines.append(f"| **ratio (course / mlp_sweep bf16)** | **{r['ratios']['train_epoch_bf16']:.1f}x** "
+                     "| | | |")
     lines += ["", f"FLOP-bound floor: {r['epoch_gflop']:.1f} GFLOP per epoch / {r['matmul_gflops']:.0f} "
               f"GFLOP/s measured (2048x2048 matmul) = {r['floor_s']:.3f} s; the model's own largest "
               f"matmul (1024x784 @ 784x128) runs at {r['first_layer_gflops']:.0f} GFLOP/s", "",
@@ -184,13 +194,16 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--child", choices=["seed", "mlp_sweep"], help=argparse.SUPPRESS)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help=argparse.SUPPRESS)
     parser.add_argument("--skip-sweeps", action="store_true", help="leave out the sweep throughput")
     args = parser.parse_args()
     root = args.data.absolute()
 
     if args.child:
         run = seed_pipeline if args.child == "seed" else mlp_sweep_pipeline
-        result = run(root, args.epochs) if args.child == "seed" else run(root, args.epochs, args.batch_size)
+        result = (run(root, args.epochs) if args.child == "seed"
+                  else run(root, args.epochs, args.batch_size, args.precision))
         result["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         print(json.dumps(result))
         return
@@ -203,8 +216,12 @@ def main() -> None:
     report["seed"] = summarise(in_subprocess("seed", root, args.epochs))
     print("mlp_sweep pipeline...", flush=True)
     report["mlp_sweep"] = summarise(in_subprocess("mlp_sweep", root, args.epochs))
+    report["mlp_sweep_bf16"] = summarise(in_subprocess("mlp_sweep", root, args.epochs,
+                                                       precision="bf16"))
     report["ratios"] = {"train_epoch": report["seed"]["epoch_s"] / report["mlp_sweep"]["epoch_s"],
-                        "eval": report["seed"]["eval_s"] / report["mlp_sweep"]["eval_s"]}
+                        "eval": report["seed"]["eval_s"] / report["mlp_sweep"]["eval_s"],
+                        "train_epoch_bf16": report["seed"]["epoch_s"]
+                        / report["mlp_sweep_bf16"]["epoch_s"]}
     print("batch sizes and floor...", flush=True)
     report["batch_sizes"] = {b: summarise(in_subprocess("mlp_sweep", root, 3, b))["epoch_s"]
                              for b in (64, 256, 1024)}

@@ -222,12 +222,13 @@ def write_grid(sweep: Path) -> Path:
 
 
 def write_optuna_sweep(root: Path, n_trials: int = 16, storage: str | None = "sqlite",
-                       same_params: bool = False, failed_after: int | None = None) -> Path:
+                       same_params: bool = False, failed_after: int | None = None,
+                       direction: str = "maximize") -> Path:
     """An Optuna sweep folder whose study (in SQLite under `root`) has searched lr, optimizer and
     activation, plus momentum for sgd trials and betas.0 for adam ones, as the preset does."""
     sweep = root / "optuna-sweep"
     url = f"sqlite:///{root / 'optuna.db'}"
-    study = optuna.create_study(study_name="fake", storage=url, direction="maximize",
+    study = optuna.create_study(study_name="fake", storage=url, direction=direction,
                                 sampler=optuna.samplers.RandomSampler(seed=3))
     for number in range(n_trials):
         if same_params:
@@ -254,9 +255,21 @@ def write_optuna_sweep(root: Path, n_trials: int = 16, storage: str | None = "sq
                   state="failed" if failed else "completed")
         study.tell(trial, state=optuna.trial.TrialState.FAIL) if failed else study.tell(trial, value)
     best = max(study.trials, key=lambda t: -math.inf if t.value is None else t.value)
+    if direction == "minimize":
+        best = min(study.trials, key=lambda t: math.inf if t.value is None else t.value)
     (sweep / "optimization_results.yaml").write_text(yaml.safe_dump(
         {"name": "optuna", "best_params": best.params, "best_value": best.value}))
     return sweep
+
+
+@pytest.mark.parametrize("direction, pick", [("maximize", max), ("minimize", min)])
+def test_a_study_without_optimization_results_gets_its_best_in_its_own_direction(tmp_path,
+                                                                                  direction, pick):
+    sweep = write_optuna_sweep(tmp_path, n_trials=6, direction=direction)
+    (sweep / "optimization_results.yaml").unlink()  # a sweep still running, or stopped by a kill
+    [record] = read_studies(find_runs([str(sweep)]))
+    values = [t.value for t in record.trials]
+    assert len(set(values)) > 1 and record.best_value == pick(values)
 
 
 def run_main(*args: str, cwd: Path, capsys, monkeypatch) -> str:

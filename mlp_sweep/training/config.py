@@ -12,6 +12,7 @@ from omegaconf import DictConfig, ListConfig
 from mlp_sweep.errors import ConfigError
 from mlp_sweep.training.data import LOADERS
 from mlp_sweep.training.model import NORMS
+from mlp_sweep.training.precision import check_precision
 from mlp_sweep.values import is_number
 
 # Element-wise activation modules: they keep the layer's shape and need no required argument.
@@ -88,6 +89,7 @@ def validate(cfg: DictConfig) -> None:
     _positive_int("trainer.epochs", cfg.trainer.epochs)
     _positive_int("trainer.batch_size", cfg.trainer.batch_size)
     _positive_int("trainer.threads", cfg.trainer.threads, allow_zero=True)
+    check_precision(cfg.trainer.get("precision", "fp32"))
     progress = cfg.trainer.get("progress", "auto")
     if progress not in (True, False, "auto"):
         raise ConfigError(f"trainer.progress={progress!r} is not allowed; allowed: auto, true, false")

@@ -10,6 +10,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mlp_sweep.training.data import Split, Splits
+from mlp_sweep.training.precision import autocast
 from mlp_sweep.training.schedules import Schedule
 
 
@@ -40,13 +41,15 @@ def fit(
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     schedule: Schedule | None = None,
     patience: int = 0,
+    dtype: torch.dtype = torch.float32,
 ) -> list[EpochMetrics]:
     """Train for `epochs`, evaluating after each; `on_epoch` gets the history so far after every
     epoch (and may raise to stop, as a pruned trial does).
 
     With a validation split, training stops once `patience` epochs (0 = never) pass without a
     better validation accuracy, and the model ends with the weights of its best epoch
-    (`best_epoch(history)`); without one, with the last epoch's.
+    (`best_epoch(history)`); without one, with the last epoch's. `dtype` is the training
+    passes' precision (precision.py); evaluation is always float32.
     """
     history: list[EpochMetrics] = []
     best_weights = None
@@ -55,7 +58,7 @@ def fit(
         train_loss, train_accuracy = train_epoch(
             model, optimizer, splits.train, batch_size, generator,
             description=f"epoch {epoch}/{epochs}", progress=progress,
-            loss_fn=loss_fn, augment=augment, schedule=schedule,
+            loss_fn=loss_fn, augment=augment, schedule=schedule, dtype=dtype,
         )
         if schedule and not schedule.per_batch:
             schedule.scheduler.step()
@@ -99,6 +102,7 @@ def train_epoch(
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = nn.functional.cross_entropy,
     augment: Callable[[torch.Tensor], torch.Tensor] | None = None,
     schedule: Schedule | None = None,
+    dtype: torch.dtype = torch.float32,
 ) -> tuple[float, float]:
     """One pass over `train` in a shuffled order; returns (mean loss, accuracy) over the epoch,
     both on the augmented images when `augment` is given."""
@@ -116,8 +120,9 @@ def train_epoch(
         x, y = train.inputs.index_select(0, batch), train.labels.index_select(0, batch)
         if augment is not None:
             x = augment(x)
-        logits = model(x)
-        loss = loss_fn(logits, y)
+        with autocast(x.device, dtype):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)  # the loss and its gradient's start in float32
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()

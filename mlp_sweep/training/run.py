@@ -24,6 +24,7 @@ from mlp_sweep.training.devices import cpu_threads, resolve_device
 from mlp_sweep.training.engine import EpochMetrics, best_epoch, fit
 from mlp_sweep.training.loggers import Trackers
 from mlp_sweep.training.model import parameter_count
+from mlp_sweep.training.precision import precision_name, training_dtype
 from mlp_sweep.training.run_record import RunRecord
 
 log = logging.getLogger(__name__)
@@ -69,13 +70,16 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
 
     splits = _on_device(load_splits(cfg.dataset), device)
     model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
+    dtype = training_dtype(cfg.trainer.get("precision", "fp32"), device, model,
+                           cfg.trainer.batch_size, tuple(cfg.dataset.input_shape))
     # In a sweep the console shows the search, not each trial's model: that goes to its log file.
     (_log_to_files_only if in_sweep() else log.info)(f"Model: {model}")
     log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
              f"schedule {type(schedule.scheduler).__name__ if schedule else 'none'}; "
              f"augment {type(augment).__name__ if augment else 'none'}; "
              f"{len(splits.train)} training samples; device {device} "
-             f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>")
+             f"with {torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>; "
+             f"training in {precision_name(dtype)}")
     ended_at: list[float] = []  # each epoch's end, as Unix time: when a search knew its result
 
     def after_epoch(history: list[EpochMetrics]) -> None:
@@ -86,7 +90,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                  f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
                  f"  {metrics.epoch_time_s:.2f} s")
         if record:
-            record.metrics(_metrics_summary(cfg, model, device, history, ended_at,
+            record.metrics(_metrics_summary(cfg, model, device, dtype, history, ended_at,
                                             len(splits.train)))
         trackers.log_epoch(metrics)
         if on_epoch:
@@ -98,7 +102,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                       torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
                       progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn,
                       augment=augment, schedule=schedule,
-                      patience=cfg.trainer.get("early_stopping") or 0)
+                      patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype)
         if record:
             record.completed(model)
     except BaseException as error:
@@ -148,8 +152,8 @@ def _on_device(splits: Splits, device: torch.device) -> Splits:
     return Splits(move(splits.train), move(splits.val), move(splits.test))
 
 
-def _metrics_summary(cfg: DictConfig, model, device: torch.device, history: list[EpochMetrics],
-                     ended_at: list[float], train_size: int) -> dict:
+def _metrics_summary(cfg: DictConfig, model, device: torch.device, dtype: torch.dtype,
+                     history: list[EpochMetrics], ended_at: list[float], train_size: int) -> dict:
     kept = best_epoch(history)  # model.pt holds this epoch's weights
     return {
         "objective": cfg.objective,
@@ -163,5 +167,6 @@ def _metrics_summary(cfg: DictConfig, model, device: torch.device, history: list
         "parameter_count": parameter_count(model),
         "device": str(device),
         "threads": torch.get_num_threads(),
+        "precision": precision_name(dtype),
         "epochs": [{**vars(m), "ended_at": t} for m, t in zip(history, ended_at)],
     }
