@@ -39,6 +39,7 @@ import yaml
 from optuna.trial import TrialState
 
 from mlp_sweep.analysis.refit_best import refit
+from mlp_sweep.sweeping import trial_attrs
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train"]
 SEEDS = 3                           # refit seeds
@@ -115,7 +116,7 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
                 and t.datetime_complete.timestamp() <= started + seconds]
         if done:
             best = max(done, key=lambda t: t.value)
-            result["at"][label] = best_entry(Path(best.user_attrs["run_dir"]), best.value,
+            result["at"][label] = best_entry(trial_attrs.run_dir(best), best.value,
                                               best.number, best.params)
         else:
             result["at"][label] = None
@@ -124,7 +125,7 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
 
 def epochs_of(trials: list[optuna.trial.FrozenTrial]) -> int:
     """A complete trial's epochs, as its run folder's config says."""
-    run_dir = Path(trials[0].user_attrs["run_dir"])
+    run_dir = trial_attrs.run_dir(trials[0])
     return int(yaml.safe_load((run_dir / ".hydra" / "config.yaml").read_text())["trainer"]["epochs"])
 
 
@@ -140,7 +141,7 @@ def time_shares(trials: list[optuna.trial.FrozenTrial], wall_s: float, epochs: i
             kind = "complete"
         elif trial.state != TrialState.PRUNED:
             continue
-        elif trial.user_attrs.get("pruned_by") == "budget":
+        elif trial_attrs.pruned_by(trial) == trial_attrs.PRUNED_BY_BUDGET:
             kind = "budget"
         else:
             kind = "pruned late" if len(trial.intermediate_values) > LATE * epochs else "pruned early"

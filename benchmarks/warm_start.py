@@ -28,7 +28,7 @@ import optuna
 import torch
 from optuna.trial import TrialState
 
-from mlp_sweep.sweeping.warm_start import IMPORTED
+from mlp_sweep.sweeping import trial_attrs
 
 TRAIN = [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna"]
 STUDY = "mlp_mnist"  # the preset's study name on MNIST
@@ -50,7 +50,7 @@ def best_so_far(storage: str, started: float, budget: float) -> dict:
     """The search's own trials (no imported one): counts, best validation accuracy at each
     minute, and its final best's test accuracy (from the trial's metrics.json)."""
     every = optuna.load_study(study_name=STUDY, storage=storage).trials
-    trials = [t for t in every if IMPORTED not in t.user_attrs]
+    trials = [t for t in every if not trial_attrs.imported_from(t)]
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     imported = len(every) - len(trials)
     curve = {}
@@ -60,7 +60,7 @@ def best_so_far(storage: str, started: float, budget: float) -> dict:
     best = max(complete, key=lambda t: t.value) if complete else None
     test = None
     if best is not None:
-        metrics = json.loads((Path(best.user_attrs["run_dir"]) / "metrics.json").read_text())
+        metrics = json.loads((trial_attrs.run_dir(best) / "metrics.json").read_text())
         test = metrics["test_accuracy"]
     return {"trials": len(trials), "complete": len(complete), "imported": imported,
             "best_so_far": curve, "best_trial": best and best.number,

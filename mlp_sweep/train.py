@@ -17,9 +17,9 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
-from mlp_sweep.sweeping.trial_link import TrialLink, stop_at_budget, trial_identity
+from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.training import run_dirs
-from mlp_sweep.training.engine import EpochMetrics
+from mlp_sweep.training.engine import EpochMetrics, run_ends_after
 from mlp_sweep.training.run import train_run
 
 log = logging.getLogger(__name__)
@@ -33,24 +33,29 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
 
     `run_dir` receives status.json, metrics.json and model.pt; with Hydra it defaults to the
     run's output folder, without Hydra nothing is written. In an mlp_optuna sweep every epoch's
-    objective goes to the job's Optuna trial, which may prune it.
+    objective goes to the job's Optuna trial, which may prune it, except the epoch the run ends
+    on (its last, or the one early stopping stops after).
     """
     if run_dir is None:
         run_dir = _hydra_output_dir()
-    trial = TrialLink.from_environment()  # set when an Optuna sweep runs this job
+    trial = TrialLink.of_this_job()  # set when an mlp_optuna sweep runs this job
+    patience = cfg.trainer.get("early_stopping") or 0
+    history: list[EpochMetrics] = []
     first_epoch_began: list[float] = []  # when epoch 1 started: the pace leaves out the start-up
 
     def report(metrics: EpochMetrics) -> None:
-        last = metrics.epoch == cfg.trainer.epochs
-        if trial:
-            trial.report(getattr(metrics, cfg.objective), metrics.epoch, last=last)
+        history.append(metrics)
+        if not trial:
+            return
         if not first_epoch_began:
             first_epoch_began.append(time.monotonic() - metrics.epoch_time_s)
         seconds_per_epoch = (time.monotonic() - first_epoch_began[0]) / metrics.epoch
-        stop_at_budget(metrics.epoch, last=last,
-                       seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - metrics.epoch))
+        trial.report(getattr(metrics, cfg.objective), metrics.epoch,
+                     last=run_ends_after(history, cfg.trainer.epochs, patience),
+                     seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - metrics.epoch))
 
-    return train_run(cfg, run_dir, on_epoch=report, tracker_identity=trial_identity(trial))
+    return train_run(cfg, run_dir, on_epoch=report,
+                     tracker_identity=trial.identity if trial else (None, None))
 
 
 def _hydra_output_dir() -> Path | None:

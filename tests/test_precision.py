@@ -95,3 +95,11 @@ def test_the_readmes_bf16_command_runs_as_written(tmp_path, mnist_root):
     [metrics_file] = (tmp_path / "outputs").glob("*/*/metrics.json")
     metrics = json.loads(metrics_file.read_text())
     assert metrics["precision"] == "bf16" and metrics["test_accuracy"] > 0.95
+
+
+def test_a_study_resumes_in_another_precision():
+    # How a run computes, like its device: a study started in fp32 takes bf16 trials.
+    from mlp_sweep.sweeping.study_settings import study_settings
+
+    assert study_settings(compose_config("trainer.precision=bf16"), []) == \
+        study_settings(compose_config("trainer.precision=fp32"), [])

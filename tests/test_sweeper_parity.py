@@ -195,7 +195,7 @@ def test_jobs_in_the_sweeps_process_report_to_its_own_study(tmp_path, monkeypatc
     assert opened == []
     trials = study_of(tmp_path).trials
     assert len(trials) == 4 and all(len(t.intermediate_values) == 3 for t in trials)
-    assert not trial_link._sweeps_here  # forgotten once the sweep ends
+    assert not trial_link._open_studies  # forgotten once the sweep ends
 
 
 @pytest.mark.slow  # a subprocess: the command line is the point

@@ -20,7 +20,7 @@ import yaml
 from optuna.trial import TrialState
 
 from mlp_sweep.sweeping.resume import counted
-from mlp_sweep.sweeping.search_space import optimizer_specific
+from mlp_sweep.training.optimizer_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.train import train
 

@@ -11,7 +11,7 @@ import yaml
 from optuna.trial import TrialState
 
 from mlp_sweep.analysis.study import StudyRecord
-from mlp_sweep.sweeping.warm_start import IMPORTED
+from mlp_sweep.sweeping.trial_attrs import IMPORTED
 from test_sweeper_parity import storage_of, sweep
 
 from conftest import SMALL_DATA, run_here

@@ -14,6 +14,7 @@ from mlp_sweep.analysis.refit_best import REFIT_FILE
 from mlp_sweep.analysis.runs import Run
 from mlp_sweep.errors import first_line
 from mlp_sweep.files import load_yaml
+from mlp_sweep.sweeping import trial_attrs
 
 OPTUNA_STATES = {"COMPLETE": "completed", "PRUNED": "pruned", "FAIL": "failed", "RUNNING": "running"}
 
@@ -46,10 +47,11 @@ class StudyRecord:
 
     def apply_states(self, runs: list[Run]) -> None:
         """Give each run of this sweep the state its trial has in the study."""
-        by_folder = {Path(t.user_attrs["run_dir"]).resolve(): t for t in self.trials
-                     if "run_dir" in t.user_attrs}
-        retried_as = {n: t.number for t in self.trials
-                      for n in t.system_attrs.get("retry_history", ())}
+        from mlp_sweep.sweeping.optuna_compat import retried_from  # trials come from Optuna
+
+        by_folder = {trial_attrs.run_dir(t).resolve(): t for t in self.trials
+                     if trial_attrs.run_dir(t)}
+        retried_as = {n: t.number for t in self.trials for n in retried_from(t)}
         for run in runs:
             trial = by_folder.get(run.folder.resolve())
             if trial is None:
@@ -61,7 +63,7 @@ class StudyRecord:
 
     def run_dirs(self) -> list[Path]:
         """The job folders of the study's trials that still exist, from every sweep that ran it."""
-        folders = [Path(t.user_attrs["run_dir"]) for t in self.trials if "run_dir" in t.user_attrs]
+        folders = [trial_attrs.run_dir(t) for t in self.trials if trial_attrs.run_dir(t)]
         return [f for f in folders if (f / ".hydra" / "config.yaml").is_file()]
 
     def history(self, runs: list[Run], metric: str) -> list[tuple[int, float | None]]:
@@ -146,9 +148,7 @@ def _importances_unavailable(record: "StudyRecord") -> str:
 def _state_name(trial) -> str:
     """A trial's state in the words run folders use (completed, pruned, failed, running), or
     imported: a warm start copied it from an earlier study, no run of this sweep."""
-    from mlp_sweep.sweeping.warm_start import IMPORTED  # trials come from Optuna: it is loaded
-
-    if IMPORTED in trial.user_attrs:
+    if trial_attrs.imported_from(trial):
         return "imported"
     return OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
 

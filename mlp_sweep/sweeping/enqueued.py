@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping.optuna_compat import enqueued_params
 from mlp_sweep.sweeping.sweep_settings import describe, fits
 from mlp_sweep.sweeping.warm_start import own_trials
 
@@ -44,7 +45,7 @@ def enqueue(study: optuna.Study, trials: list[dict[str, Any]]) -> None:
     """Queue each set once: running the same command again (a resume) adds no second copy. A
     trial a warm start imported with the same parameters does not count: the set is run first,
     as the config says."""
-    queued = [t.system_attrs.get("fixed_params", t.params) for t in own_trials(study)]
+    queued = [enqueued_params(t) or t.params for t in own_trials(study)]
     for params in trials:
         if params not in queued:
             study.enqueue_trial(params)

@@ -6,11 +6,12 @@ that a sweep asks for in one process and reports to from another. `PRIVATE_NAMES
 tests/test_optuna_compat.py fails by name when an installed version drops one.
 """
 
+import warnings
 from typing import Any
 
 import optuna
 from hydra_plugins.hydra_optuna_sweeper import _impl as stock_sweeper
-from optuna.storages import BaseStorage
+from optuna.storages import BaseStorage, RetryHeartbeatStaleTrialCallback
 from optuna.storages import _heartbeat as heartbeat
 from optuna.trial import FrozenTrial
 
@@ -52,6 +53,19 @@ def heartbeat_thread(study: optuna.Study, trial: optuna.Trial):
 
 def record_heartbeat(study: optuna.Study, trial: optuna.Trial) -> None:
     storage_of(study).record_heartbeat(trial_id(trial))
+
+
+def enqueued_params(trial: FrozenTrial) -> dict | None:
+    """The params `study.enqueue_trial` fixed for `trial` (Optuna keeps them in a system
+    attribute); None for a trial the sampler chose."""
+    return trial.system_attrs.get("fixed_params")
+
+
+def retried_from(trial: FrozenTrial) -> list[int]:
+    """The trial numbers `trial` is a heartbeat retry of (none for a first attempt)."""
+    with warnings.catch_warnings():  # Optuna marks it experimental, and warns at every call
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
 
 
 def set_user_attr(study: optuna.Study, trial: FrozenTrial, key: str, value: Any) -> None:

@@ -19,6 +19,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 from tqdm import tqdm
 
+from mlp_sweep.sweeping import trial_attrs
 from mlp_sweep.sweeping.results import best_of, better_of
 from mlp_sweep.sweeping.warm_start import own_trials
 
@@ -115,10 +116,10 @@ class SweepProgress:
             shown = " ".join(self.value_text(v) for v in values)
             return f"trial {trial.number} {state} {metric} {shown}{epoch}"
         if trial.state == TrialState.PRUNED:
-            reason = trial.user_attrs.get("pruned_by", "")
+            reason = trial_attrs.pruned_by(trial)
             at = f" at epoch {max(steps)} ({self.value_text(steps[max(steps)])})" if steps else ""
             return f"trial {trial.number} {state}{at}" + (f" by the {reason}" if reason else "")
-        reason = str(trial.user_attrs.get("fail_reason", "")).strip().splitlines()
+        reason = trial_attrs.fail_reason(trial).strip().splitlines()
         return f"trial {trial.number} {state}" + (f": {reason[0]}" if reason else "")
 
     def _time_text(self) -> str:

@@ -12,7 +12,8 @@ from omegaconf import OmegaConf
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.files import load_yaml, write_yaml
-from mlp_sweep.sweeping.warm_start import IMPORTED, own_trials
+from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.warm_start import own_trials
 
 log = logging.getLogger(__name__)
 
@@ -34,7 +35,7 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> dict | None:
                    sweep_dir / "optimization_results.yaml")
     record = {**trial_record(best), "value": best.value}
     write_yaml(sweep_dir / "best.yaml", record)
-    log.info(f"Best trial {best.number}: {best.value} in {best.user_attrs.get('run_dir')}; "
+    log.info(f"Best trial {best.number}: {best.value} in {trial_attrs.run_dir(best)}; "
              f"written to {sweep_dir}/best.yaml")
     return record
 
@@ -42,7 +43,7 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> dict | None:
 def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
     """Several objectives have no single best: the stock sweeper's Pareto-front record, and
     best.yaml listing the front's trials."""
-    front = [t for t in study.best_trials if IMPORTED not in t.user_attrs]
+    front = [t for t in study.best_trials if not trial_attrs.imported_from(t)]
     OmegaConf.save(OmegaConf.create({"name": "optuna", "solutions": [
         {"params": t.params, "values": t.values} for t in front]}),
         sweep_dir / "optimization_results.yaml")
@@ -70,7 +71,7 @@ def better_of(study: optuna.Study):
 
 def trial_record(trial: FrozenTrial) -> dict:
     """A trial as best.yaml shows it: number, folder, params, the command and config of its run."""
-    run_dir = Path(trial.user_attrs.get("run_dir", ""))
+    run_dir = trial_attrs.run_dir(trial) or Path()
     overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
     return {"trial": trial.number, "run_dir": str(run_dir), "params": trial.params,
             "command": command_line(app_command(), overrides),

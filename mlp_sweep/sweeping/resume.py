@@ -13,13 +13,12 @@ import logging
 import os
 import socket
 import time
-import warnings
 
 import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import FrozenTrial, TrialState
 
-from mlp_sweep.sweeping.optuna_compat import record_heartbeat, set_user_attr
+from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.optuna_compat import record_heartbeat, retried_from, set_user_attr
 from mlp_sweep.sweeping.storage import Heartbeat
 from mlp_sweep.sweeping.warm_start import own_trials
 
@@ -28,7 +27,6 @@ log = logging.getLogger(__name__)
 # This process as trials record it; MLP_SWEEP_HOST names the host where containers share one name.
 HOST = os.environ.get("MLP_SWEEP_HOST") or socket.gethostname()
 WORKER = f"{HOST}:{os.getpid()}"
-NOT_COUNTED = ("interrupted", "surplus")  # FAIL trials that do not use up n_trials
 UNLABELLED_GRACE = datetime.timedelta(seconds=60)
 
 
@@ -37,17 +35,10 @@ def counted(study: optuna.Study) -> list[FrozenTrial]:
     for want of a heartbeat and run again (their retry is counted instead), and those a warm
     start imported."""
     trials = own_trials(study)
-    retried = {number for t in trials for number in _retried_from(t)}
+    retried = {number for t in trials for number in retried_from(t)}
     return [t for t in trials
             if not (t.state == TrialState.FAIL
-                    and (t.number in retried or any(t.user_attrs.get(k) for k in NOT_COUNTED)))]
-
-
-def _retried_from(trial: FrozenTrial) -> list[int]:
-    """The trial numbers `trial` is a heartbeat retry of (none for a first attempt)."""
-    with warnings.catch_warnings():  # Optuna marks it experimental, and warns at every call
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        return RetryHeartbeatStaleTrialCallback.retry_history(trial)
+                    and (t.number in retried or trial_attrs.is_uncounted_failure(t)))]
 
 
 def still_to_run(study: optuna.Study, n_trials: int) -> int:
@@ -61,7 +52,7 @@ def label_as_ours(study: optuna.Study, trial: optuna.Trial, heartbeat: Heartbeat
     that a worker killed now is found."""
     if heartbeat is not None:
         record_heartbeat(study, trial)
-    trial.set_user_attr("worker", WORKER)
+    trial.set_user_attr(trial_attrs.WORKER, WORKER)
 
 
 def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
@@ -70,7 +61,7 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     earlier = [t for t in counted(study) if t.number < trial.number]
     if len(earlier) < n_trials:
         return False
-    trial.set_user_attr("surplus", True)
+    trial.set_user_attr(trial_attrs.SURPLUS, True)
     study.tell(trial, state=TrialState.FAIL)
     return True
 
@@ -81,12 +72,12 @@ def fail_interrupted(study: optuna.Study) -> None:
     period that a live worker needs far less than to label its trial."""
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-        worker_host, _, pid = str(trial.user_attrs.get("worker", "")).rpartition(":")
+        worker_host, _, pid = trial_attrs.worker(trial).rpartition(":")
         dead = worker_host == HOST and pid.isdigit() and not _alive(int(pid))
-        unlabelled = "worker" not in trial.user_attrs and trial.datetime_start is not None \
+        unlabelled = not trial_attrs.worker(trial) and trial.datetime_start is not None \
             and now - trial.datetime_start > UNLABELLED_GRACE
         if dead or unlabelled:
-            set_user_attr(study, trial, "interrupted", True)
+            set_user_attr(study, trial, trial_attrs.INTERRUPTED, True)
             study.tell(trial.number, state=TrialState.FAIL)
             log.warning(f"Trial {trial.number} was interrupted (worker {pid or '?'} is gone): "
                         "recorded FAIL, not counted, its trial runs again")
@@ -101,7 +92,7 @@ def fail_stale(study: optuna.Study, heartbeat: Heartbeat | None) -> None:
     optuna.storages.fail_stale_trials(study)
     for trial in study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
         if trial.number in before:
-            log.warning(f"Trial {trial.number} of worker {trial.user_attrs.get('worker', '?')} "
+            log.warning(f"Trial {trial.number} of worker {trial_attrs.worker(trial) or '?'} "
                         f"sent no heartbeat for {heartbeat.grace_period or 2 * heartbeat.interval}"
                         " s: recorded FAIL and queued again with its params")
 

@@ -117,6 +117,20 @@ def _rdb_errors(spec: str | None, action):
                            f"can reach, or {ALLOWED}") from None
 
 
+def absolute_storage(spec: str | None) -> str | None:
+    """`spec` with a SQLite or journal file's relative path made absolute from this folder: the
+    same storage for a job that runs in another folder (`hydra.job.chdir=true`)."""
+    if spec is None:
+        return None
+    if spec.startswith(JOURNAL_PREFIX):
+        return JOURNAL_PREFIX + str(Path(spec[len(JOURNAL_PREFIX):]).absolute())
+    if spec.startswith("sqlite:///") and not spec.startswith("sqlite:////"):
+        path, _, query = spec[len("sqlite:///"):].partition("?")
+        if path and path != ":memory:":
+            return "sqlite:///" + str(Path(path).absolute()) + (f"?{query}" if query else "")
+    return spec
+
+
 def load_study(name: str, spec: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(spec), pruner=pruner)
 

@@ -19,9 +19,10 @@ from mlp_sweep.errors import UserError
 from mlp_sweep.values import flatten, resolved_without_hydra
 
 SETTINGS_ATTR = "settings"
-# How a run executes and where it is logged, not what it trains.
-EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "dataset.root",
-                  "logger")
+# How a run executes and where it is logged, not what it trains (trainer.precision: bf16 trains
+# to fp32's accuracy, measured by make bench-precision, as another device does).
+EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "trainer.precision",
+                  "dataset.root", "logger")
 ABSENT = "(absent)"
 
 

@@ -3,8 +3,8 @@ Hydra jobs through the configured launcher, tell the study how each ended, until
 `timeout` (after which, with `on_timeout: prune`, running trials stop at their next report; with
 `prune_early`, a trial stops as soon as its own pace says it cannot finish by then).
 
-Each job gets its trial's id in its environment (mlp_sweep.sweeping.trial_link), reports per step
-and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
+Each job gets its trial as one description, `trial.json` in its folder (trial_spec.py), named in
+its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
 job that raises is recorded FAIL with the reason, and the sweep goes on until those failures
 exceed `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count)
 is a FAIL trial too, as in the stock sweeper, and does not stop the sweep.
@@ -25,82 +25,71 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
 from mlp_sweep.errors import UserError
-from mlp_sweep.sweeping import resume
+from mlp_sweep.sweeping import resume, trial_attrs
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
-from mlp_sweep.sweeping.storage import Heartbeat, create_study
+from mlp_sweep.sweeping.storage import Heartbeat, absolute_storage, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
-from mlp_sweep.sweeping.sweep_settings import (build_sampler, grid_of, grid_size,
-                                               parse_space)
-from mlp_sweep.sweeping.trial_link import (DEADLINE_VARIABLE, PRUNE_EARLY_VARIABLE,
-                                           TRIAL_ID_VARIABLE, BudgetReached, shared_with_jobs)
+from mlp_sweep.sweeping.sweep_settings import (SweepSettings, build_sampler, grid_of,
+                                               grid_size, parse_space)
+from mlp_sweep.sweeping.trial_link import BudgetReached, shared_with_jobs
+from mlp_sweep.sweeping.trial_spec import TRIAL_VARIABLE, TrialSpec
 from mlp_sweep.sweeping.warm_start import import_trials, trials_to_import
 
 log = logging.getLogger(__name__)
-
-UNRECORDABLE = "unrecordable"  # a FAIL trial's user attribute: its job's value, not its job, failed
-PRUNED_BY = "pruned_by"        # a PRUNED trial's user attribute: "pruner", or "budget" (the timeout)
 
 
 class SweepLoop:
     """One sweep command's run on its study; built by the plugin once its settings are checked."""
 
-    def __init__(self, *, sampler_config: Any, directions: list[str], storage: str | None,
-                 study_name: str | None, n_trials: int, n_jobs: int, max_failure_rate: float,
-                 params: dict, pruner: optuna.pruners.BasePruner, custom_search_space: Any,
-                 timeout: float | None, on_timeout: str, heartbeat: Heartbeat | None,
-                 enqueue_trials: Any, warm_start: Any, progress: Any, config: Any,
-                 launcher: Any) -> None:
-        self.sampler_config, self.directions = sampler_config, directions
-        self.storage, self.study_name = storage, study_name
-        self.n_trials, self.n_jobs, self.max_failure_rate = n_trials, n_jobs, max_failure_rate
-        self.params, self.pruner = params, pruner
-        self.timeout, self.on_timeout = timeout, on_timeout
-        self.custom_search_space = custom_search_space
-        self.heartbeat, self.enqueue_trials, self.warm_start = heartbeat, enqueue_trials, warm_start
-        self.progress_settings = progress
-        self.config, self.launcher = config, launcher
-        self.other_workers = resume.OtherWorkers(heartbeat)
+    def __init__(self, settings: SweepSettings, *, config: Any, launcher: Any) -> None:
+        self.settings, self.config, self.launcher = settings, config, launcher
+        self.n_trials = settings.n_trials  # a grid lowers it to its size
+        self.other_workers = resume.OtherWorkers(settings.heartbeat)
         self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
         self.progress: SweepProgress | None = None
 
     def run(self, arguments: list[str]) -> None:
         started = time.monotonic()
         space, fixed_params, fixed_overrides = parse_space(
-            [f"{key}={value}" for key, value in self.params.items()] + list(arguments))
+            [f"{key}={value}" for key, value in self.settings.params.items()] + list(arguments))
         for name in fixed_params:
             space.pop(name, None)
-        first_trials = checked_trials(self.enqueue_trials, space, fixed_params)
-        imported = trials_to_import(self.warm_start, self.storage, space, self.directions,
-                                    conditional=self.custom_search_space is not None)
-        sampler = build_sampler(self.sampler_config)
+        first_trials = checked_trials(self.settings.enqueue_trials, space, fixed_params)
+        settings = self.settings
+        imported = trials_to_import(settings.warm_start, settings.storage, space,
+                                    settings.directions,
+                                    conditional=settings.custom_search_space is not None)
+        sampler = build_sampler(settings.sampler)
         grid = grid_of(sampler, space)
         if grid is not None:
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, grid_size(grid))
             log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
 
-        study = create_study(self.study_name, self.storage, sampler, self.pruner,
-                             self.directions, self.heartbeat)
-        check_same_settings(study, study_settings(self.config, space), self.storage)
+        study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
+                             settings.directions, settings.heartbeat)
+        check_same_settings(study, study_settings(self.config, space), settings.storage)
         resume.fail_interrupted(study)
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
-        log.info(f"Study {study.study_name} in {self.storage or 'memory'}: "
+        log.info(f"Study {study.study_name} in {settings.storage or 'memory'}: "
                  f"{len(resume.counted(study))} of {self.n_trials} trials recorded or running; "
-                 f"pruner {type(self.pruner).__name__}")
+                 f"pruner {type(settings.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
         # The wall-clock moment the budget ends, for the jobs: with on_timeout=prune they stop
         # at their first epoch report after it.
-        self.deadline = (time.time() + self.timeout - (time.monotonic() - started)
-                         if self.timeout is not None and self.on_timeout != "finish" else None)
-        self.progress = SweepProgress(self.progress_settings, sweep_dir=sweep_dir,
-                                      n_trials=self.n_trials, timeout=self.timeout, started=started)
+        self.deadline = (time.time() + settings.timeout - (time.monotonic() - started)
+                         if settings.timeout is not None and settings.on_timeout != "finish"
+                         else None)
+        self.progress = SweepProgress(settings.progress, sweep_dir=sweep_dir,
+                                      n_trials=self.n_trials, timeout=settings.timeout,
+                                      started=started)
         try:
-            with shared_with_jobs(study, self.storage, self.study_name):
+            with shared_with_jobs(study, absolute_storage(settings.storage)):
                 self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
         finally:
             self.progress.close()
@@ -109,18 +98,19 @@ class SweepLoop:
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], sweep_dir: Path,
               fixed_params: dict, fixed_overrides: list[str], started: float) -> None:
         while True:
-            if self.timeout is not None and time.monotonic() - started >= self.timeout:
-                log.info(f"hydra.sweeper.timeout={self.timeout} s reached: no new trials; "
+            timeout = self.settings.timeout
+            if timeout is not None and time.monotonic() - started >= timeout:
+                log.info(f"hydra.sweeper.timeout={timeout} s reached: no new trials; "
                          f"{len(resume.counted(study))} of {self.n_trials} trials in the study")
                 break
-            resume.fail_stale(study, self.heartbeat)
+            resume.fail_stale(study, self.settings.heartbeat)
             missing = resume.still_to_run(study, self.n_trials)
             if missing <= 0:
                 if self.other_workers.wait(study, self.n_trials):
                     continue
                 break
             trials = [t for t in (self._ask(study, sweep_dir, space)
-                                  for _ in range(min(self.n_jobs, missing))) if t]
+                                  for _ in range(min(self.settings.n_jobs, missing))) if t]
             if not trials:
                 break
             returns = self._launch(study, trials, fixed_params, fixed_overrides)
@@ -133,18 +123,18 @@ class SweepLoop:
         """The same seed would replay the random start-up points the study already holds: on a
         resume it is mixed with the trial count, not added to it (workers get seeds 123, 124...
         from mlp_sweep.workers, and 123 + 1 trial would collide with the next worker's 124)."""
-        seed = self.sampler_config.get("seed")
+        seed = self.settings.sampler.get("seed")
         if seed is None or not resume.counted(study):
             return
         mixed = int(numpy.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
-        sampler = build_sampler(self.sampler_config, seed=mixed)
+        sampler = build_sampler(self.settings.sampler, seed=mixed)
         study.sampler = sampler(grid) if grid is not None else sampler
 
     def _ask(self, study: optuna.Study, sweep_dir: Path,
              space: dict[str, BaseDistribution]) -> optuna.Trial | None:
         trial = study.ask(space)
-        resume.label_as_ours(study, trial, self.heartbeat)
-        trial.set_user_attr("run_dir", str(sweep_dir / str(trial.number)))
+        resume.label_as_ours(study, trial, self.settings.heartbeat)
+        trial.set_user_attr(trial_attrs.RUN_DIR, str(sweep_dir / str(trial.number)))
         if resume.is_surplus(study, trial, self.n_trials):
             return None
         return trial
@@ -152,14 +142,11 @@ class SweepLoop:
     def _launch(self, study: optuna.Study, trials: list[optuna.Trial], fixed_params: dict,
                 fixed_overrides: list[str]) -> list[JobReturn]:
         """Run the trials as one batch of Hydra jobs, with heartbeats (RDB storages) meanwhile."""
-        every_job = [f"+hydra.job.env_set.{DEADLINE_VARIABLE}={self.deadline or 'none'}",
-                     f"+hydra.job.env_set.{PRUNE_EARLY_VARIABLE}="
-                     f"{int(self.on_timeout == 'prune_early')}",
-                     *self._quiet_console()]
         overrides = [
             (*self._job_overrides(trial, fixed_params, fixed_overrides),
              f"hydra.sweep.subdir={trial.number}",
-             f"+hydra.job.env_set.{TRIAL_ID_VARIABLE}={trial_id(trial)}", *every_job)
+             f"+hydra.job.env_set.{TRIAL_VARIABLE}={hydra_quoted(self._spec(study, trial).write())}",
+             *self._quiet_console())
             for trial in trials
         ]
         with contextlib.ExitStack() as beating:
@@ -167,11 +154,19 @@ class SweepLoop:
                 beating.enter_context(heartbeat_thread(study, trial))
             return self.launcher.launch(overrides, initial_job_idx=trials[0].number)
 
+    def _spec(self, study: optuna.Study, trial: optuna.Trial) -> TrialSpec:
+        """The trial as its job reads it (trial_spec.py)."""
+        return TrialSpec(
+            study_name=study.study_name, storage=absolute_storage(self.settings.storage),
+            trial_id=trial_id(trial), number=trial.number, run_dir=str(trial_attrs.run_dir(trial)),
+            deadline=self.deadline, prune_early=self.settings.on_timeout == "prune_early",
+            pruner=self.settings.pruner_config)
+
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the
         search's, each job's INFO lines stay in its log file (Hydra's default job_logging)."""
         console = OmegaConf.select(self.config, "hydra.job_logging.handlers.console")
-        if not self.progress_settings.quiet_jobs or console is None:
+        if not self.settings.progress.quiet_jobs or console is None:
             return []
         return ["++hydra.job_logging.handlers.console.level=WARNING"]
 
@@ -181,8 +176,8 @@ class SweepLoop:
         sweeper's order); the custom search space adds its params to the trial first."""
         for name, value in fixed_params.items():
             trial.set_user_attr(name, value)
-        if self.custom_search_space:
-            self.custom_search_space(self.config, trial)
+        if self.settings.custom_search_space:
+            self.settings.custom_search_space(self.config, trial)
         overlap = trial.params.keys() & fixed_params.keys()
         if overlap:
             raise UserError(f"{sorted(overlap)} are both searched and fixed; allowed: each key "
@@ -201,9 +196,9 @@ class SweepLoop:
                 state = self._pruned(trial, value)
             else:
                 try:
-                    values = objective_values(value, len(self.directions))
+                    values = objective_values(value, len(self.settings.directions))
                 except ValueError as error:
-                    trial.set_user_attr(UNRECORDABLE, True)
+                    trial.set_user_attr(trial_attrs.UNRECORDABLE, True)
                     state = self._failed(trial, error)
         try:
             study.tell(trial, values, state=state)
@@ -217,14 +212,15 @@ class SweepLoop:
         if isinstance(error, optuna.TrialPruned):  # a task may raise it instead of returning it
             return self._pruned(trial, error)
         reason = f"{type(error).__name__}: {error}"
-        trial.set_user_attr("fail_reason", reason)
-        status = Path(trial.user_attrs.get("run_dir", ""), "status.json")
+        trial.set_user_attr(trial_attrs.FAIL_REASON, reason)
+        status = Path(trial_attrs.run_dir(trial) or "", "status.json")
         log.warning(f"Trial {trial.number} failed: {reason}"
                     + (f" (traceback in {status})" if status.is_file() else ""))
         return TrialState.FAIL
 
     def _pruned(self, trial: optuna.Trial, pruned: optuna.TrialPruned) -> TrialState:
-        trial.set_user_attr(PRUNED_BY, "budget" if isinstance(pruned, BudgetReached) else "pruner")
+        trial.set_user_attr(trial_attrs.PRUNED_BY, trial_attrs.PRUNED_BY_BUDGET
+                            if isinstance(pruned, BudgetReached) else trial_attrs.PRUNED_BY_PRUNER)
         log.debug(f"Trial {trial.number} pruned: {pruned}")
         return TrialState.PRUNED
 
@@ -232,15 +228,22 @@ class SweepLoop:
         """Jobs that raised, beyond `max_failure_rate` of `n_trials`, stop the sweep with the last
         batch's own exception; values the study could not record do not count."""
         failures = [t for t in resume.counted(study)
-                    if t.state == TrialState.FAIL and not t.user_attrs.get(UNRECORDABLE)]
-        if len(failures) <= self.max_failure_rate * self.n_trials:
+                    if t.state == TrialState.FAIL and not trial_attrs.is_unrecordable(t)]
+        rate = self.settings.max_failure_rate
+        if len(failures) <= rate * self.n_trials:
             return
         log.error(f"{len(failures)} failed trials out of n_trials={self.n_trials} exceed "
-                  f"max_failure_rate={self.max_failure_rate}; stopping the sweep")
+                  f"max_failure_rate={rate}; stopping the sweep")
         for job in returns:
             job.return_value  # re-raises the job's own exception, with its traceback
         raise RuntimeError(f"{len(failures)} failed trials exceed max_failure_rate="
-                           f"{self.max_failure_rate} of n_trials={self.n_trials}")
+                           f"{rate} of n_trials={self.n_trials}")
+
+
+def hydra_quoted(path: Path) -> str:
+    """`path` as a quoted Hydra override value: a folder's name may hold characters the override
+    grammar reads (`=`, `,`, spaces, brackets)."""
+    return "'" + str(path).replace("'", "\\'") + "'"
 
 
 def objective_values(value: object, directions: int) -> list[float]:

@@ -5,11 +5,13 @@ Each check raises a UserError naming the key and what is allowed; the sweep repo
 
 import enum
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import optuna
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from optuna.distributions import (BaseDistribution, CategoricalDistribution, FloatDistribution,
                                   IntDistribution)
 
@@ -26,6 +28,50 @@ PRUNER_TARGETS = [f"{PRUNER_PACKAGE}*"]
 SAMPLERS = "tpe, random, cmaes, nsgaii, nsgaiii, qmc, gp, grid"
 PRUNERS = "none, median, successive_halving, hyperband"
 ON_TIMEOUT = ("finish", "prune", "prune_early")  # what running trials do at hydra.sweeper.timeout
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    """`hydra.sweeper` (MlpOptunaSweeperConf) checked once, before anything is built, with what
+    its keys name built: what the sweep loop reads, passed whole."""
+
+    sampler: Any                  # the sampler's config: build_sampler makes it per run
+    directions: list[str]
+    storage: str | None
+    study_name: str | None
+    n_trials: int
+    n_jobs: int
+    max_failure_rate: float
+    params: dict
+    pruner: optuna.pruners.BasePruner
+    pruner_config: dict | None    # for the jobs, which build the same pruner (trial_spec.py)
+    custom_search_space: Callable | None
+    timeout: float | None
+    on_timeout: str
+    heartbeat: Heartbeat | None
+    enqueue_trials: Any
+    warm_start: Any
+    progress: Any
+
+    @classmethod
+    def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
+        """The settings `raw` (hydra.sweeper's keys) gives; UserError for the first bad one."""
+        heartbeat = check_settings(raw)
+        extend = raw.get("custom_search_space")
+        pruner = raw.get("pruner")
+        return cls(
+            sampler=raw["sampler"], directions=directions_of(raw["direction"]),
+            storage=raw.get("storage"), study_name=raw.get("study_name"),
+            n_trials=raw["n_trials"], n_jobs=raw["n_jobs"],
+            max_failure_rate=raw["max_failure_rate"], params=dict(raw.get("params") or {}),
+            pruner=build_pruner(pruner),
+            pruner_config=OmegaConf.to_container(pruner, resolve=True)
+            if OmegaConf.is_config(pruner) else pruner or None,
+            custom_search_space=instantiate({"_target_": extend, "_partial_": True},
+                                            _execution_whitelist_=[extend]) if extend else None,
+            timeout=raw.get("timeout"), on_timeout=raw.get("on_timeout", "finish"),
+            heartbeat=heartbeat, enqueue_trials=raw.get("enqueue_trials"),
+            warm_start=raw.get("warm_start"), progress=raw["progress"])
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:

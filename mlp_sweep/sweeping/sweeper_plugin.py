@@ -28,19 +28,10 @@ class MlpOptunaSweeper(Sweeper):
     """Hydra's Sweeper interface for `hydra/sweeper=mlp_optuna`. Optuna is imported only when a
     sweep is set up, as the stock plugin does, so that Hydra's plugin discovery stays fast."""
 
-    def __init__(self, sampler: Any, direction: Any, storage: Any, study_name: str | None,
-                 n_trials: Any, n_jobs: int, max_failure_rate: Any, params: Any = None,
-                 pruner: Any = None, custom_search_space: str | None = None, timeout: Any = None,
-                 heartbeat_interval: Any = None, grace_period: Any = None,
-                 max_retry: Any = 3, enqueue_trials: Any = None, on_timeout: Any = "finish",
-                 warm_start: Any = None, progress: Any = None) -> None:
-        self.settings = dict(
-            sampler=sampler, direction=direction, storage=storage, study_name=study_name,
-            n_trials=n_trials, n_jobs=n_jobs, max_failure_rate=max_failure_rate, params=params,
-            pruner=pruner, custom_search_space=custom_search_space, timeout=timeout,
-            heartbeat_interval=heartbeat_interval, grace_period=grace_period,
-            max_retry=max_retry, enqueue_trials=enqueue_trials, on_timeout=on_timeout,
-            warm_start=warm_start, progress=progress or ProgressConf())
+    def __init__(self, **settings: Any) -> None:
+        # hydra.sweeper's keys, as MlpOptunaSweeperConf below declares them; checked once, as a
+        # whole, when the sweep starts (SweepSettings.checked)
+        self.raw_settings = settings
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
@@ -62,24 +53,12 @@ class MlpOptunaSweeper(Sweeper):
     def _loop(self):
         """The sweep loop for these settings; UserError for the first bad one, before anything
         is built."""
-        from hydra.utils import instantiate
-
         from mlp_sweep.sweeping.sweep_loop import SweepLoop
-        from mlp_sweep.sweeping.sweep_settings import build_pruner, check_settings, directions_of
+        from mlp_sweep.sweeping.sweep_settings import SweepSettings
 
-        s = self.settings
-        heartbeat = check_settings(s)
-        extend = s["custom_search_space"]
-        return SweepLoop(
-            sampler_config=s["sampler"], directions=directions_of(s["direction"]),
-            storage=s["storage"], study_name=s["study_name"], n_trials=s["n_trials"],
-            n_jobs=s["n_jobs"], max_failure_rate=s["max_failure_rate"],
-            params=s["params"] or {}, pruner=build_pruner(s["pruner"]),
-            custom_search_space=instantiate({"_target_": extend, "_partial_": True},
-                                            _execution_whitelist_=[extend]) if extend else None,
-            timeout=s["timeout"], on_timeout=s["on_timeout"], heartbeat=heartbeat,
-            enqueue_trials=s["enqueue_trials"], warm_start=s["warm_start"],
-            progress=s["progress"], config=self.config, launcher=self.launcher)
+        raw = dict(self.raw_settings)
+        raw["progress"] = raw.get("progress") or ProgressConf()
+        return SweepLoop(SweepSettings.checked(raw), config=self.config, launcher=self.launcher)
 
 
 @dataclass

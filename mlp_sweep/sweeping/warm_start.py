@@ -22,18 +22,18 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping import trial_attrs
 from mlp_sweep.sweeping.storage import JOURNAL_PREFIX, open_storage
 from mlp_sweep.sweeping.sweep_settings import fits
 
 log = logging.getLogger(__name__)
 
-IMPORTED = "imported_from"  # a trial's user attribute: "study#number" it was copied from
 KEY = "hydra.sweeper.warm_start"
 
 
 def own_trials(study: optuna.Study) -> list[FrozenTrial]:
     """The study's trials that sweeps ran, without those a warm start imported."""
-    return [t for t in study.get_trials(deepcopy=False) if IMPORTED not in t.user_attrs]
+    return [t for t in study.get_trials(deepcopy=False) if not trial_attrs.imported_from(t)]
 
 
 def trials_to_import(spec: Any, storage: str | None, space: dict[str, BaseDistribution],
@@ -69,12 +69,12 @@ def trials_to_import(spec: Any, storage: str | None, space: dict[str, BaseDistri
 
 def import_trials(study: optuna.Study, trials: list[FrozenTrial]) -> None:
     """Add the trials once: a resumed study that holds imported trials gets no second copy."""
-    if not trials or any(IMPORTED in t.user_attrs for t in study.get_trials(deepcopy=False)):
+    if not trials or any(trial_attrs.imported_from(t) for t in study.get_trials(deepcopy=False)):
         return
     study.add_trials(trials)
     complete = sum(t.state == TrialState.COMPLETE for t in trials)
     log.info(f"Warm start: {len(trials)} trials imported from study "
-             f"{trials[0].user_attrs[IMPORTED].split('#')[0]} ({complete} complete); "
+             f"{trial_attrs.imported_from(trials[0]).split('#')[0]} ({complete} complete); "
              "not counted in n_trials")
 
 
@@ -118,4 +118,4 @@ def _as_imported(trial: FrozenTrial, study_name: str, space: dict[str, BaseDistr
         distributions={k: space.get(k, trial.distributions[k]) for k in trial.params},
         values=trial.values if trial.state == TrialState.COMPLETE else None,
         intermediate_values=trial.intermediate_values,
-        user_attrs={IMPORTED: f"{study_name}#{trial.number}"})
+        user_attrs={trial_attrs.IMPORTED: f"{study_name}#{trial.number}"})

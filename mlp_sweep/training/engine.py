@@ -75,11 +75,19 @@ def fit(
         if best_epoch(history) is metrics and splits.val is not None:
             best_weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
         on_epoch(history)
-        if patience and epoch - best_epoch(history).epoch >= patience:
+        if run_ends_after(history, epochs, patience):
             break
     if best_weights is not None and best_epoch(history) is not history[-1]:
         model.load_state_dict(best_weights)
     return history
+
+
+def run_ends_after(history: list[EpochMetrics], epochs: int, patience: int) -> bool:
+    """True when `fit` trains no epoch after the history's last: it was epoch `epochs`, or
+    `patience` epochs (0 = never) have passed without a better validation accuracy. A caller
+    of `on_epoch` that reports to a pruner tells it so: a run that ends anyway is not pruned."""
+    epoch = history[-1].epoch
+    return epoch >= epochs or bool(patience and epoch - best_epoch(history).epoch >= patience)
 
 
 def best_epoch(history: list[EpochMetrics]) -> EpochMetrics:

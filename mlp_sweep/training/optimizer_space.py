@@ -1,6 +1,7 @@
-"""Optimizer-specific parameters, searched only when their optimizer is the trial's choice.
+"""Optimizer-specific parameters, searched only when their optimizer is the trial's choice: this
+app's knowledge of its optimizers, kept beside them, not in the sweeper any app can use.
 
-Named in the Optuna preset as `hydra.sweeper.custom_search_space`; the sweeper calls it after the
+Named in the optuna_course preset as `hydra.sweeper.custom_search_space`; the sweeper calls it after the
 `params:` space is suggested, so `trial.params["optimizer"]` is already known. Suggesting momentum
 for an Adam trial would feed TPE a parameter that does nothing.
 """

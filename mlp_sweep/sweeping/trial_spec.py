@@ -1,0 +1,53 @@
+"""A trial as the sweeper hands it to the job that runs it: one description, written once.
+
+The sweep loop writes `trial.json` into the job's folder before launching it and names that file
+in the job's environment (`MLP_SWEEP_TRIAL`); the job reads it once (trial_link.py). It holds
+everything the job needs to report to its trial from any process or host: the study, its storage
+as an absolute URL (so a job that changes folder, `hydra.job.chdir=true`, still opens the sweep's
+database), the trial's id and number, its run folder, and the budget's end.
+"""
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from mlp_sweep.files import write_json
+
+TRIAL_VARIABLE = "MLP_SWEEP_TRIAL"  # the absolute path of the job's trial.json
+TRIAL_FILE = "trial.json"
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    study_name: str
+    storage: str | None        # an absolute URL; None: an in-memory study, in the sweep's process
+    trial_id: int              # the storage's id: what a job reports to
+    number: int                # the study's trial number: what a user reads
+    run_dir: str               # the job's folder, absolute
+    deadline: float | None = None   # Unix time the sweep's budget ends for running trials
+    prune_early: bool = False  # stop as soon as the job's own pace says it cannot finish by then
+    pruner: dict[str, Any] | None = None  # the study's pruner config, built the same in the job
+
+    def write(self) -> Path:
+        """Write `run_dir/trial.json` whole; its path, for the job's environment."""
+        path = Path(self.run_dir, TRIAL_FILE)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_json(path, asdict(self))
+        return path
+
+    @classmethod
+    def read(cls, path: str | Path) -> "TrialSpec":
+        return cls.from_json(Path(path).read_text())
+
+    @classmethod
+    def from_json(cls, text: str) -> "TrialSpec":
+        return cls(**json.loads(text))
+
+    @classmethod
+    def of_this_job(cls) -> "TrialSpec | None":
+        """The trial this process's job runs; None outside an mlp_optuna sweep (a single run, a
+        grid, a task called from Python)."""
+        path = os.environ.get(TRIAL_VARIABLE)
+        return cls.read(path) if path else None
