@@ -153,15 +153,6 @@ def _state_name(trial) -> str:
     return OPTUNA_STATES.get(trial.state.name, trial.state.name.lower())
 
 
-def best_of(trials: list, directions: list) -> "optuna.trial.FrozenTrial":
-    """The best of completed `trials` in the study's direction (the first objective's, for a
-    study with several)."""
-    from optuna.study import StudyDirection
-
-    choose = min if directions[0] == StudyDirection.MINIMIZE else max
-    return choose(trials, key=lambda t: t.values[0])
-
-
 def read_studies(runs: list[Run]) -> list[StudyRecord]:
     """One record per Optuna sweep folder among `runs`."""
     records = {}
@@ -177,7 +168,9 @@ def read_studies(runs: list[Run]) -> list[StudyRecord]:
             record.trials = record.study.get_trials(deepcopy=False) if record.study else []
             complete = [t for t in record.trials if _state_name(t) == "completed"]
             if complete and record.best_value is None:
-                best = best_of(complete, record.study.directions)
+                from mlp_sweep.sweeping.results import better_of  # the study is loaded: Optuna is
+
+                best = better_of(record.study)(complete, key=lambda t: t.value)
                 record.best_value, record.best_params = best.value, best.params
         record.compute_importances()
         record.refit = _load_refit(sweep_dir / REFIT_FILE)

@@ -4,10 +4,11 @@ Hydra jobs through the configured launcher, tell the study how each ended, until
 `prune_early`, a trial stops as soon as its own pace says it cannot finish by then).
 
 Each job gets its trial as one description, `trial.json` in its folder (trial_spec.py), named in
-its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it returns TrialPruned and the trial is recorded PRUNED. A
-job that raises is recorded FAIL with the reason, and the sweep goes on until those failures
-exceed `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count)
-is a FAIL trial too, as in the stock sweeper, and does not stop the sweep.
+its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it
+returns TrialPruned and the trial is recorded PRUNED. A job that raises is recorded FAIL with the
+reason, and the sweep goes on until those failures exceed `max_failure_rate` of `n_trials`. A
+value the study cannot record (NaN, the wrong count) is a FAIL trial too, as in the stock
+sweeper, and does not stop the sweep.
 """
 
 import contextlib
@@ -57,8 +58,8 @@ class SweepLoop:
             [f"{key}={value}" for key, value in self.settings.params.items()] + list(arguments))
         for name in fixed_params:
             space.pop(name, None)
-        first_trials = checked_trials(self.settings.enqueue_trials, space, fixed_params)
         settings = self.settings
+        first_trials = checked_trials(settings.enqueue_trials, space, fixed_params)
         imported = trials_to_import(settings.warm_start, settings.storage, space,
                                     settings.directions,
                                     conditional=settings.custom_search_space is not None)
