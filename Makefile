@@ -3,7 +3,7 @@
 # make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
 # make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1],
-#              make bench-warm-start, make bench-precision - the benchmarks in benchmarks/ (bench-peers and the tests
+#              make bench-warm-start, make bench-precision, make bench-fused - the benchmarks in benchmarks/ (bench-peers and the tests
 #              also install the bench extra)
 PYTHON ?= python3
 VENV := .venv
@@ -42,7 +42,7 @@ WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
 
-.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision
+.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision bench-fused
 bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
 	$(PY) benchmarks/bench.py
 
@@ -54,6 +54,9 @@ bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, 3 
 
 bench-precision: $(INSTALLED) ## trainer.precision=bf16 against fp32: epoch times and refit accuracy, 3 seeds (about 30 minutes)
 	$(PY) benchmarks/precision.py
+
+bench-fused: $(INSTALLED)    ## fused trials and bf16 against trials alone in fp32: speed, stacks, 5-minute searches (about 70 minutes)
+	$(PY) benchmarks/fused.py
 
 bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)
 	$(PY) benchmarks/warm_start.py

@@ -5,6 +5,7 @@
     python -m mlp_sweep.train --multirun hparams_search=optuna
 """
 
+import contextlib
 import logging
 import sys
 import time
@@ -18,8 +19,10 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
 from mlp_sweep.sweeping.trial_link import TrialLink
+from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training import run_dirs
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
+from mlp_sweep.training.fused_run import GroupMember, train_group
 from mlp_sweep.training.run import train_run
 
 log = logging.getLogger(__name__)
@@ -39,6 +42,49 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     if run_dir is None:
         run_dir = _hydra_output_dir()
     trial = TrialLink.of_this_job()  # set when an mlp_optuna sweep runs this job
+    return train_run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial),
+                     tracker_identity=trial.identity if trial else (None, None))
+
+
+def train_fused(cfg: DictConfig, spec: TrialSpec) -> dict[int, object]:
+    """A job of `hydra.sweeper.fuse`: its own trial and those fused with it, trained together
+    (training/fused_run.py); {trial number: objective, or what ended the trial}."""
+    members = []
+    hydra_cfg = HydraConfig.get()
+    with contextlib.ExitStack() as logs:
+        for member in spec.group():
+            link = TrialLink.of(member)
+            member_cfg = cfg
+            if member is not spec:
+                member_cfg = OmegaConf.load(Path(member.run_dir, hydra_cfg.output_subdir,
+                                                 "config.yaml"))
+                logs.enter_context(job_log_in(Path(member.run_dir, f"{hydra_cfg.job.name}.log")))
+            members.append(GroupMember(member.number, member_cfg, Path(member.run_dir),
+                                       trial_reporter(member_cfg, link), link.identity))
+        return train_group(members)
+
+
+@contextlib.contextmanager
+def job_log_in(path: Path):
+    """While the block runs, this job's log is written to `path` too, as Hydra writes it to the
+    job's folder: each fused trial's folder holds the log of the job that trained it."""
+    job_logs = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not job_logs:
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(job_logs[0].formatter)
+    handler.setLevel(job_logs[0].level)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def trial_reporter(cfg: DictConfig, trial: TrialLink | None):
+    """The epoch callback that reports a run's objective to its trial (None: nothing to do)."""
     patience = cfg.trainer.get("early_stopping") or 0
     history: list[EpochMetrics] = []
     first_epoch_began: list[float] = []  # when epoch 1 started: the pace leaves out the start-up
@@ -54,8 +100,7 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
                      last=run_ends_after(history, cfg.trainer.epochs, patience),
                      seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - metrics.epoch))
 
-    return train_run(cfg, run_dir, on_epoch=report,
-                     tracker_identity=trial.identity if trial else (None, None))
+    return report
 
 
 def _hydra_output_dir() -> Path | None:
@@ -71,8 +116,11 @@ run_dirs.register()
 
 
 @hydra.main(config_path="pkg://mlp_sweep.conf", config_name="train")
-def main(cfg: DictConfig) -> float | optuna.TrialPruned:
+def main(cfg: DictConfig) -> float | optuna.TrialPruned | dict[int, object]:
     try:
+        spec = TrialSpec.of_this_job()
+        if spec is not None and spec.fused:
+            return train_fused(cfg, spec)
         return train(cfg)
     except optuna.TrialPruned as pruned:
         return pruned  # an outcome for the sweeper to record, not an error to print

@@ -106,15 +106,17 @@ def test_with_finish_the_running_trial_completes_past_the_budget(tmp_path):
     assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 1
 
 
+@pytest.mark.parametrize("fuse", [1, 8])  # trials alone, and 8 trained as one stack per job
 @pytest.mark.parametrize("on_timeout", ["prune", "prune_early"])
 def test_with_prune_early_a_trial_that_cannot_finish_stops_after_its_first_epoch(
-        tmp_path, small_root, on_timeout):
+        tmp_path, small_root, on_timeout, fuse):
     # 1000 epochs of 1500 images take about a minute: none fits a 4-second budget.
     storage = f"sqlite:///{tmp_path}/optuna.db"
     result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
                       *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=1000",
                       "hydra.sweeper.timeout=4", f"hydra.sweeper.on_timeout={on_timeout}",
-                      f"hydra.sweeper.storage={storage}", cwd=tmp_path)
+                      f"hydra.sweeper.storage={storage}", f"hydra.sweeper.fuse={fuse}",
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     trials = optuna.load_study(study_name="course_fashion_mnist", storage=storage).trials
     assert trials and all(t.state == TrialState.PRUNED and t.user_attrs["pruned_by"] == "budget"
@@ -124,8 +126,8 @@ def test_with_prune_early_a_trial_that_cannot_finish_stops_after_its_first_epoch
         assert epochs == [1] * len(trials) and len(trials) > 1
         first_log = Path(trials[0].user_attrs["run_dir"], "train.log").read_text()
         assert "would end after the sweep's budget" in first_log
-    else:  # the one trial runs until the budget, then stops at its next epoch
-        assert len(trials) == 1 and epochs[0] > 1
+    else:  # the one job runs until the budget, then its trials stop at their next epoch
+        assert len(trials) == fuse and all(e > 1 for e in epochs)
 
 
 def test_a_bad_on_timeout_is_one_line(tmp_path, capsys, caplog):

@@ -28,6 +28,8 @@ from optuna.trial import TrialState
 from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping import resume, trial_attrs
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
+from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_result,
+                                              write_job_files)
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
@@ -45,8 +47,10 @@ log = logging.getLogger(__name__)
 class SweepLoop:
     """One sweep command's run on its study; built by the plugin once its settings are checked."""
 
-    def __init__(self, settings: SweepSettings, *, config: Any, launcher: Any) -> None:
+    def __init__(self, settings: SweepSettings, *, config: Any, launcher: Any,
+                 config_loader: Any = None) -> None:
         self.settings, self.config, self.launcher = settings, config, launcher
+        self.config_loader = config_loader  # composes the job files of fused trials
         self.n_trials = settings.n_trials  # a grid lowers it to its size
         self.other_workers = resume.OtherWorkers(settings.heartbeat)
         self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
@@ -59,6 +63,7 @@ class SweepLoop:
         for name in fixed_params:
             space.pop(name, None)
         settings = self.settings
+        check_fuse_by(settings.fuse_by, space, fixed_params)
         first_trials = checked_trials(settings.enqueue_trials, space, fixed_params)
         imported = trials_to_import(settings.warm_start, settings.storage, space,
                                     settings.directions,
@@ -110,14 +115,16 @@ class SweepLoop:
                 if self.other_workers.wait(study, self.n_trials):
                     continue
                 break
-            trials = [t for t in (self._ask(study, sweep_dir, space)
-                                  for _ in range(min(self.settings.n_jobs, missing))) if t]
-            if not trials:
+            groups = ask_groups(study, lambda: self._ask(study, sweep_dir, space),
+                                jobs=self.settings.n_jobs, fuse=self.settings.fuse,
+                                fuse_by=self.settings.fuse_by, missing=missing)
+            if not groups:
                 break
-            returns = self._launch(study, trials, fixed_params, fixed_overrides)
-            for trial, job in zip(trials, returns):
-                self._tell(study, trial, job)
-                self.progress.trial_ended(study, trial.number)
+            returns = self._launch(study, groups, fixed_params, fixed_overrides)
+            for group, job in zip(groups, returns):
+                for trial in group:
+                    self._tell(study, trial, job, fused=len(group) > 1)
+                    self.progress.trial_ended(study, trial.number)
             self._stop_on_failures(study, returns)
 
     def _reseed_on_resume(self, study: optuna.Study, grid: dict | None) -> None:
@@ -140,28 +147,43 @@ class SweepLoop:
             return None
         return trial
 
-    def _launch(self, study: optuna.Study, trials: list[optuna.Trial], fixed_params: dict,
+    def _launch(self, study: optuna.Study, groups: list[list[optuna.Trial]], fixed_params: dict,
                 fixed_overrides: list[str]) -> list[JobReturn]:
-        """Run the trials as one batch of Hydra jobs, with heartbeats (RDB storages) meanwhile."""
-        overrides = [
-            (*self._job_overrides(trial, fixed_params, fixed_overrides),
-             f"hydra.sweep.subdir={trial.number}",
-             f"+hydra.job.env_set.{TRIAL_VARIABLE}={hydra_quoted(self._spec(study, trial).write())}",
-             *self._quiet_console())
-            for trial in trials
-        ]
+        """Run the groups as one batch of Hydra jobs, one job per group (fused_groups.py), with
+        heartbeats (RDB storages) meanwhile."""
+        overrides = []
+        for first, *others in groups:
+            for trial in others:  # trained by the first one's job: its folder, as Hydra's
+                write_job_files(self.config_loader, self.config,
+                                self._overrides(trial, fixed_params, fixed_overrides),
+                                trial_attrs.run_dir(trial))
+                self._spec(study, trial).write()
+                trial.set_user_attr(trial_attrs.TRAINED_WITH, [t.number for t in (first, *others)])
+            if others:
+                first.set_user_attr(trial_attrs.TRAINED_WITH, [t.number for t in (first, *others)])
+            spec = self._spec(study, first, fused=tuple(str(trial_attrs.run_dir(t)) for t in others))
+            overrides.append((*self._overrides(first, fixed_params, fixed_overrides),
+                              f"+hydra.job.env_set.{TRIAL_VARIABLE}={hydra_quoted(spec.write())}",
+                              *self._quiet_console()))
         with contextlib.ExitStack() as beating:
-            for trial in trials:
+            for trial in (t for group in groups for t in group):
                 beating.enter_context(heartbeat_thread(study, trial))
-            return self.launcher.launch(overrides, initial_job_idx=trials[0].number)
+            return self.launcher.launch(overrides, initial_job_idx=groups[0][0].number)
 
-    def _spec(self, study: optuna.Study, trial: optuna.Trial) -> TrialSpec:
+    def _overrides(self, trial: optuna.Trial, fixed_params: dict,
+                   fixed_overrides: list[str]) -> list[str]:
+        """The trial's job overrides, its folder named by its number."""
+        return [*self._job_overrides(trial, fixed_params, fixed_overrides),
+                f"hydra.sweep.subdir={trial.number}"]
+
+    def _spec(self, study: optuna.Study, trial: optuna.Trial,
+              fused: tuple[str, ...] = ()) -> TrialSpec:
         """The trial as its job reads it (trial_spec.py)."""
         return TrialSpec(
             study_name=study.study_name, storage=absolute_storage(self.settings.storage),
             trial_id=trial_id(trial), number=trial.number, run_dir=str(trial_attrs.run_dir(trial)),
             deadline=self.deadline, prune_early=self.settings.on_timeout == "prune_early",
-            pruner=self.settings.pruner_config)
+            pruner=self.settings.pruner_config, fused=fused)
 
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the
@@ -186,10 +208,13 @@ class SweepLoop:
         params = {**trial.params, **fixed_params}
         return [f"{name}={value}" for name, value in params.items()] + list(fixed_overrides)
 
-    def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn) -> None:
+    def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn,
+              fused: bool = False) -> None:
         state, values = TrialState.COMPLETE, None
         try:
             value = job.return_value  # raises what the job raised
+            if fused:
+                value = member_result(value, trial.number)
         except Exception as error:
             state = self._failed(trial, error)
         else:

@@ -36,6 +36,7 @@ class MlpOptunaSweeper(Sweeper):
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config = config
+        self.config_loader = hydra_context.config_loader
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function)
 
@@ -58,7 +59,8 @@ class MlpOptunaSweeper(Sweeper):
 
         raw = dict(self.raw_settings)
         raw["progress"] = raw.get("progress") or ProgressConf()
-        return SweepLoop(SweepSettings.checked(raw), config=self.config, launcher=self.launcher)
+        return SweepLoop(SweepSettings.checked(raw), config=self.config, launcher=self.launcher,
+                         config_loader=self.config_loader)
 
 
 @dataclass
@@ -98,6 +100,12 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # in the same storage, or {study_name: NAME, storage: URL}); imported, not counted in n_trials.
     warm_start: Any = None
     progress: ProgressConf = field(default_factory=ProgressConf)
+    # Trials per job: a job trains up to `fuse` trials together (mlp_sweep.train stacks them into
+    # one computation); each stays its own trial. 1 trains each trial alone.
+    fuse: Any = 1
+    # The searched keys a job's trials share (what the app cannot stack: the model's shape, the
+    # batch size); the sampler chooses the rest per trial.
+    fuse_by: Any = field(default_factory=list)
 
 
 @dataclass

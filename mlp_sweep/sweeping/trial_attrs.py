@@ -16,6 +16,7 @@ UNRECORDABLE = "unrecordable"  # a FAIL trial whose job's value, not its job, fa
 INTERRUPTED = "interrupted"    # a FAIL trial whose worker died: not counted, run again
 SURPLUS = "surplus"            # a FAIL trial asked beyond n_trials by a racing worker
 IMPORTED = "imported_from"     # "study#number" a warm start copied it from
+TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
 
 PRUNED_BY_PRUNER, PRUNED_BY_BUDGET = "pruner", "budget"
 

@@ -29,6 +29,9 @@ class TrialSpec:
     deadline: float | None = None   # Unix time the sweep's budget ends for running trials
     prune_early: bool = False  # stop as soon as the job's own pace says it cannot finish by then
     pruner: dict[str, Any] | None = None  # the study's pruner config, built the same in the job
+    # hydra.sweeper.fuse: the folders of the other trials this job trains, each with its own
+    # trial.json and .hydra/config.yaml (fused_groups.py); empty: the job trains this trial alone
+    fused: tuple[str, ...] = ()
 
     def write(self) -> Path:
         """Write `run_dir/trial.json` whole; its path, for the job's environment."""
@@ -43,7 +46,12 @@ class TrialSpec:
 
     @classmethod
     def from_json(cls, text: str) -> "TrialSpec":
-        return cls(**json.loads(text))
+        fields = json.loads(text)
+        return cls(**{**fields, "fused": tuple(fields.get("fused", ()))})
+
+    def group(self) -> list["TrialSpec"]:
+        """The trials this job trains: this one, then those it is fused with."""
+        return [self, *(self.read(Path(folder, TRIAL_FILE)) for folder in self.fused)]
 
     @classmethod
     def of_this_job(cls) -> "TrialSpec | None":

@@ -68,7 +68,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
     # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
     trackers = Trackers.from_config(cfg, record and record.run_dir, *tracker_identity)
 
-    splits = _on_device(load_splits(cfg.dataset), device)
+    splits = on_device(load_splits(cfg.dataset), device)
     model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
     dtype = training_dtype(cfg.trainer.get("precision", "fp32"), device, model,
                            cfg.trainer.batch_size, tuple(cfg.dataset.input_shape))
@@ -90,7 +90,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                  f"  train_acc {metrics.train_accuracy:.2%}{val}  test_acc {metrics.test_accuracy:.2%}"
                  f"  {metrics.epoch_time_s:.2f} s")
         if record:
-            record.metrics(_metrics_summary(cfg, model, device, dtype, history, ended_at,
+            record.metrics(metrics_summary(cfg, model, device, dtype, history, ended_at,
                                             len(splits.train)))
         trackers.log_epoch(metrics)
         if on_epoch:
@@ -145,15 +145,19 @@ def end_state(error: BaseException) -> str:
     return "pruned" if isinstance(error, optuna.TrialPruned) else "failed"
 
 
-def _on_device(splits: Splits, device: torch.device) -> Splits:
+def on_device(splits: Splits, device: torch.device) -> Splits:
     def move(split: Split | None) -> Split | None:
         return split and Split(split.inputs.to(device), split.labels.to(device))
 
     return Splits(move(splits.train), move(splits.val), move(splits.test))
 
 
-def _metrics_summary(cfg: DictConfig, model, device: torch.device, dtype: torch.dtype,
-                     history: list[EpochMetrics], ended_at: list[float], train_size: int) -> dict:
+def metrics_summary(cfg: DictConfig, model, device: torch.device, dtype: torch.dtype,
+                    history: list[EpochMetrics], ended_at: list[float], train_size: int,
+                    trained_with: list[int] | None = None) -> dict:
+    """metrics.json: the kept epoch's metrics, how the run trained, and every epoch.
+    `trained_with`: the runs trained in the same stack (fused_run.py), whose epochs took the
+    same seconds."""
     kept = best_epoch(history)  # model.pt holds this epoch's weights
     return {
         "objective": cfg.objective,
@@ -168,5 +172,6 @@ def _metrics_summary(cfg: DictConfig, model, device: torch.device, dtype: torch.
         "device": str(device),
         "threads": torch.get_num_threads(),
         "precision": precision_name(dtype),
+        **({"trained_with": trained_with} if trained_with else {}),
         "epochs": [{**vars(m), "ended_at": t} for m, t in zip(history, ended_at)],
     }

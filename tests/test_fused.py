@@ -1,0 +1,155 @@
+"""Fused trials (hydra.sweeper.fuse): several trials trained as one stacked computation, each
+still a whole trial: its own hyperparameters, history, folder and end."""
+
+import json
+from pathlib import Path
+
+import optuna
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mlp_sweep.training.build import build_training
+from mlp_sweep.training.engine import DivergedError
+from mlp_sweep.training.fused_run import GroupMember, train_group
+from mlp_sweep.training.run import train_run
+
+from conftest import SMALL_DATA, compose_config, run_here
+
+# Members of one stack: the same layers, seed, batch size and data; everything else their own.
+SHAPE = ["model.hidden_sizes=[64,32]", "model.norm=layer", "trainer.epochs=3",
+         "trainer.batch_size=50", "dataset.val_size=500", "objective=val_accuracy"]
+OWN = {  # per member: optimizer class, rate and its schedule, weight decay, betas or momentum,
+    # label smoothing
+    0: ["optimizer=adam", "optimizer.lr=0.001"],
+    1: ["optimizer=adamw", "optimizer.lr=0.003", "optimizer.weight_decay=0.05",
+        "optimizer.betas=[0.85,0.99]", "loss.label_smoothing=0.1", "scheduler=onecycle"],
+    2: ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.8", "optimizer.nesterov=true"],
+    3: ["optimizer=rmsprop", "optimizer.lr=0.0005", "optimizer.alpha=0.9", "scheduler=cosine"],
+}
+
+
+def member_cfg(small_root: Path, *own: str):
+    return compose_config(*SMALL_DATA, f"dataset.root={small_root}", *SHAPE, *own)
+
+
+def epochs(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "metrics.json").read_text())["epochs"]
+
+
+def assert_same_run(fused: Path, single: Path) -> None:
+    for a, b in zip(epochs(fused), epochs(single), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=0.002), key
+    fused_weights, single_weights = (torch.load(f / "model.pt") for f in (fused, single))
+    assert fused_weights.keys() == single_weights.keys()  # model.pt loads as a single run's
+    for name in single_weights:
+        torch.testing.assert_close(fused_weights[name], single_weights[name], rtol=1e-3, atol=1e-4)
+
+
+def test_each_member_of_a_stack_trains_as_its_single_run(tmp_path, small_root):
+    cfgs = {name: member_cfg(small_root, *own) for name, own in OWN.items()}
+    outcomes = train_group([GroupMember(name, cfg, tmp_path / f"fused{name}")
+                            for name, cfg in cfgs.items()])
+    for name, cfg in cfgs.items():
+        single = train_run(cfg, tmp_path / f"single{name}")
+        assert outcomes[name] == pytest.approx(single, abs=0.002)
+        assert_same_run(tmp_path / f"fused{name}", tmp_path / f"single{name}")
+        summary = json.loads((tmp_path / f"fused{name}" / "metrics.json").read_text())
+        assert summary["trained_with"] == [n for n in OWN if n != name]
+
+
+def test_a_member_pruned_or_diverged_ends_alone_and_the_others_go_on(tmp_path, small_root):
+    def prune_after_epoch_1(metrics):
+        raise optuna.TrialPruned("pruned after step 1")
+
+    members = [
+        GroupMember(0, member_cfg(small_root, *OWN[0]), tmp_path / "0"),
+        GroupMember(1, member_cfg(small_root, *OWN[2]), tmp_path / "1",
+                    on_epoch=prune_after_epoch_1),
+        GroupMember(2, member_cfg(small_root, "optimizer=sgd", "optimizer.lr=1e12"), tmp_path / "2"),
+        GroupMember(3, member_cfg(small_root, *OWN[3], "model.dropout=0.3"), tmp_path / "3"),
+    ]
+    outcomes = train_group(members)
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    assert isinstance(outcomes[2], DivergedError)
+    assert isinstance(outcomes[0], float) and isinstance(outcomes[3], float)
+    states = {m.name: json.loads((m.run_dir / "status.json").read_text())["state"]
+              for m in members}
+    assert states == {0: "completed", 1: "pruned", 2: "failed", 3: "completed"}
+    assert [len(epochs(tmp_path / str(n))) for n in (0, 1, 3)] == [3, 1, 3]
+    assert not (tmp_path / "1" / "model.pt").exists() and not (tmp_path / "2" / "model.pt").exists()
+    # The one member with dropout trained with it, and the stack went on without the others:
+    # member 0 still ends as its single run does.
+    assert outcomes[3] > 0.5
+    train_run(member_cfg(small_root, *OWN[0]), tmp_path / "single0")
+    assert_same_run(tmp_path / "0", tmp_path / "single0")
+
+
+def test_members_that_cannot_share_a_stack_train_alone_in_turn(tmp_path, small_root):
+    cfgs = [member_cfg(small_root, "model.hidden_sizes=[32]"),
+            member_cfg(small_root, "model.hidden_sizes=[16]"),
+            member_cfg(small_root, "trainer.seed=1")]
+    outcomes = train_group([GroupMember(n, cfg, tmp_path / str(n)) for n, cfg in enumerate(cfgs)])
+    assert all(isinstance(v, float) for v in outcomes.values())
+    for n, cfg in enumerate(cfgs):
+        assert "trained_with" not in json.loads((tmp_path / str(n) / "metrics.json").read_text())
+        weights = torch.load(tmp_path / str(n) / "model.pt")
+        model = build_training(cfg, 100).model
+        model.load_state_dict(weights)  # the shape its own config describes
+
+
+def fused_sweep(tmp_path: Path, small_root: Path, *extra: str):
+    return run_here(
+        "--multirun", "hparams_search=optuna_course", *SMALL_DATA, f"dataset.root={small_root}",
+        "dataset.val_size=500", "trainer.epochs=2", f"hydra.sweep.dir={tmp_path}/sweep",
+        f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", "hydra.sweeper.n_trials=6",
+        "hydra.sweeper.fuse=3",
+        "hydra.sweeper.fuse_by=[model.hidden_sizes,activation,trainer.batch_size]",
+        *extra, cwd=tmp_path)
+
+
+def test_a_fused_sweep_records_every_trial_as_its_own(tmp_path, small_root):
+    result = fused_sweep(tmp_path, small_root, "hydra/sweeper/pruner=none")
+    assert result.returncode == 0, result.stderr
+    study = optuna.load_study(study_name="course_fashion_mnist",
+                              storage=f"sqlite:///{tmp_path}/optuna.db")
+    trials = study.get_trials()
+    assert len(trials) == 6 and all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
+    groups = {tuple(t.user_attrs["trained_with"]) for t in trials}
+    assert groups == {(0, 1, 2), (3, 4, 5)}
+    for group in groups:
+        shared = {(trials[n].params["model.hidden_sizes"], trials[n].params["activation"],
+                   trials[n].params["trainer.batch_size"]) for n in group}
+        assert len(shared) == 1  # what cannot be stacked is shared
+        assert len({trials[n].params["optimizer.lr"] for n in group}) == 3  # the rest is not
+    for trial in trials:
+        run_dir = Path(trial.user_attrs["run_dir"])
+        assert run_dir == tmp_path / "sweep" / str(trial.number)
+        assert len(trial.intermediate_values) == 2
+        cfg = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+        assert cfg.optimizer.lr == pytest.approx(trial.params["optimizer.lr"])
+        model = build_training(cfg, 100).model
+        model.load_state_dict(torch.load(run_dir / "model.pt"))
+        overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
+        assert f"optimizer={trial.params['optimizer']}" in overrides
+    log = (tmp_path / "sweep" / "0" / "train.log").read_text()
+    assert "trials 0, 1, 2 train as one stack of 3" in log
+    assert (tmp_path / "sweep" / "best.yaml").is_file()
+    compare = run_here(str(tmp_path / "sweep"), command="mlp_sweep.compare", cwd=tmp_path)
+    assert compare.returncode == 0, compare.stderr
+    assert all(f"/{n}" in compare.stdout or f" {n} " in compare.stdout for n in range(6)), compare.stdout
+
+
+@pytest.mark.parametrize("value, message", [
+    ("hydra.sweeper.fuse=0", "hydra.sweeper.fuse=0 is not allowed; allowed: an integer >= 1"),
+    ("hydra.sweeper.fuse_by=[model.width]",
+     "hydra.sweeper.fuse_by names model.width, which is not searched; allowed:"),
+])
+def test_a_bad_fuse_setting_is_one_line_and_nothing_is_made(tmp_path, small_root, value, message):
+    result = fused_sweep(tmp_path, small_root, value)
+    assert result.returncode == 1
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "allowed" in line]
+    assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
+    assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
