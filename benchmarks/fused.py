@@ -74,6 +74,9 @@ def stack_epochs(data: Path) -> list[dict]:
         splits = load_splits(cfg().dataset)
         rows = []
         for label, overrides, sizes in STACKS:
+            warm_up = build_training(cfg(*overrides), len(splits.train))  # untimed: lazy set-up
+            fit(warm_up.model, warm_up.optimizer, splits, 1, cfg(*overrides).trainer.batch_size,
+                torch.Generator().manual_seed(0), progress=False)
             for precision in ("fp32", "bf16"):
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 for k in sizes:

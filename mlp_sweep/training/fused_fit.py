@@ -49,8 +49,7 @@ class StackedFit:
     def __init__(self, members: list[Member], dtype: torch.dtype) -> None:
         self.active = list(members)
         self.stack = StackedMLP([m.model for m in members])
-        self.optimizer = MemberSteps(list(self.stack.parameters()),
-                                     [m.optimizer for m in members])
+        self.optimizer = MemberSteps(self.stack, [m.optimizer for m in members])
         self.dtype = dtype
 
     def run(self, splits: Splits, epochs: int, batch_size: int, generator: torch.Generator,
@@ -101,7 +100,7 @@ class StackedFit:
         self.active = [self.active[i] for i in keep]
         if keep:
             self.stack.keep(keep)
-            self.optimizer.keep(keep, list(self.stack.parameters()))
+            self.optimizer.keep(keep)
 
     def _train_epoch(self, train: Split, batch_size: int, generator: torch.Generator,
                      augment: Callable | None) -> tuple[list[float], list[float]]:

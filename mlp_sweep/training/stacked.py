@@ -51,8 +51,6 @@ def unstackable_reason(model: MLP, optimizer: torch.optim.Optimizer) -> str | No
     layers, _ = hidden_layers(model)
     if any(list(layer.activation.parameters()) for layer in layers):
         return f"activation {type(layers[0].activation).__name__} has weights"
-    if len(optimizer.param_groups) != 1:
-        return "an optimizer with several parameter groups"
     return None
 
 
@@ -76,7 +74,7 @@ class StackedMLP(nn.Module):
         layers = [hidden_layers(m) for m in members]
         self.size = len(members)
         # (stacked tensor, the members' tensors) pairs: what `export` copies back
-        self._sources: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
+        self.sources: list[tuple[torch.Tensor, list[torch.Tensor]]] = []
         self.weights = nn.ParameterList()
         self.biases = nn.ParameterList()
         self.norm_weights = nn.ParameterList()  # per hidden layer with an affine norm
@@ -112,7 +110,7 @@ class StackedMLP(nn.Module):
         stacked = torch.stack([t.detach() for t in tensors]).clone()
         if trainable:
             stacked = nn.Parameter(stacked)
-        self._sources.append((stacked, tensors))
+        self.sources.append((stacked, tensors))
         return stacked
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -165,16 +163,16 @@ class StackedMLP(nn.Module):
     def export(self, member: int) -> None:
         """Copy member `member`'s stacked weights (and batch statistics) into its own MLP."""
         with torch.no_grad():
-            for stacked, originals in self._sources:
+            for stacked, originals in self.sources:
                 originals[member].copy_(stacked[member])
 
     def weights_of(self, member: int) -> list[torch.Tensor]:
         """A copy of one member's stacked tensors: what `restore` puts back (its best epoch)."""
-        return [stacked[member].detach().clone() for stacked, _ in self._sources]
+        return [stacked[member].detach().clone() for stacked, _ in self.sources]
 
     def restore(self, member: int, saved: list[torch.Tensor]) -> None:
         with torch.no_grad():
-            for (stacked, _), tensor in zip(self._sources, saved):
+            for (stacked, _), tensor in zip(self.sources, saved):
                 stacked[member].copy_(tensor)
 
     def keep(self, members: list[int]) -> None:
@@ -190,8 +188,8 @@ class StackedMLP(nn.Module):
         self.running = [None if pair is None else tuple(
             replaced.setdefault(id(t), t.index_select(0, index)) for t in pair)
             for pair in self.running]
-        self._sources = [(replaced[id(stacked)], [originals[m] for m in members])
-                         for stacked, originals in self._sources]
+        self.sources = [(replaced[id(stacked)], [originals[m] for m in members])
+                         for stacked, originals in self.sources]
         self.dropout = self.dropout.index_select(0, index)
         self._batches_tracked = [[counts[m] for m in members] if counts else []
                                  for counts in self._batches_tracked]
@@ -203,40 +201,48 @@ class MemberSteps:
     hyperparameters as its schedule moves them, its state, and torch's own update (the fused
     kernels included), so that a member's step is its single run's."""
 
-    def __init__(self, params: list[torch.Tensor], optimizers: list[torch.optim.Optimizer]) -> None:
-        self.params = [p for p in params if p.requires_grad]
-        self.optimizers = optimizers
+    def __init__(self, stack: StackedMLP, optimizers: list[torch.optim.Optimizer]) -> None:
+        self.stack, self.optimizers = stack, optimizers
+        # Where each parameter of a member's optimizer is in the stack, in the optimizer's order
+        self.places = []
+        for member, optimizer in enumerate(optimizers):
+            place = {id(originals[member]): i for i, (_, originals) in enumerate(stack.sources)}
+            self.places.append([[place[id(p)] for p in group["params"]]
+                                for group in optimizer.param_groups])
         self._bind()
 
     def _bind(self) -> None:
         """Point each member's optimizer at its slice of every stacked weight and gradient (the
         gradients persist, so the views stay valid), its state carried over."""
-        for p in self.params:
-            p.grad = torch.zeros_like(p)
+        stacked = [tensor for tensor, _ in self.stack.sources]
+        for tensor in stacked:
+            if tensor.requires_grad:
+                tensor.grad = torch.zeros_like(tensor)
         for member, optimizer in enumerate(self.optimizers):
-            views = []
-            for p in self.params:
-                view = p.detach()[member]
-                view.grad = p.grad[member]
-                views.append(view)
-            group = optimizer.param_groups[0]
-            for old, new in zip(group["params"], views):
-                if old in optimizer.state:
-                    optimizer.state[new] = optimizer.state.pop(old)
-            group["params"] = views
+            for group, places in zip(optimizer.param_groups, self.places[member]):
+                views = []
+                for i in places:
+                    view = stacked[i].detach()[member]
+                    view.grad = stacked[i].grad[member]
+                    views.append(view)
+                for old, new in zip(group["params"], views):
+                    if old in optimizer.state:
+                        optimizer.state[new] = optimizer.state.pop(old)
+                group["params"] = views
 
     def zero_grad(self) -> None:
-        for p in self.params:
-            p.grad.zero_()
+        for tensor, _ in self.stack.sources:
+            if tensor.grad is not None:
+                tensor.grad.zero_()
 
     def step(self) -> None:
         for optimizer in self.optimizers:
             optimizer.step()
 
-    def keep(self, members: list[int], params: list[torch.Tensor]) -> None:
+    def keep(self, members: list[int]) -> None:
         """After `StackedMLP.keep(members)`: those members' optimizers, on its new weights."""
-        self.params = [p for p in params if p.requires_grad]
         self.optimizers = [self.optimizers[m] for m in members]
+        self.places = [self.places[m] for m in members]
         self._bind()
 
 
