@@ -23,12 +23,13 @@ pytestmark = pytest.mark.slow
 
 SCREENSHOT = Path(__file__).resolve().parents[1] / "scripts" / "screenshot_page.sh"
 STUDY = "course_mnist"
-# 6 trials of 3 epochs on 2000 images (a few seconds); the median pruner judges from the third
-# trial's first epoch on, and the seeded TPE sampler and training make the same trials every run.
+# 6 trials of 3 epochs on 2000 images (a few seconds), one at a time; the median pruner judges
+# from the third trial's first epoch on, and the seeded TPE sampler and training make the same
+# trials every run.
 SWEEP = ["hparams_search=optuna_course", "hydra.sweeper.n_trials=6", "trainer.epochs=3",
          "trainer.progress=false", "dataset.train_limit=2000", "dataset.test_limit=500",
          "dataset.val_size=500", "hydra.sweeper.pruner.n_startup_trials=2",
-         "hydra.sweeper.pruner.n_warmup_steps=0"]
+         "hydra.sweeper.pruner.n_warmup_steps=0", "hydra.sweeper.fuse=1"]
 
 
 def get_json(url: str):

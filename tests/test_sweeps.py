@@ -54,8 +54,9 @@ def study_exists(database: Path) -> bool:
 
 def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     storage, n_trials = f"sqlite:///{tmp_path}/optuna.db", 6
+    # Groups of 2 fused trials: a kill interrupts the group it catches, never a finished trial.
     args = sweep_args(mnist_root, storage, n_trials, "trainer.epochs=3", "dataset.train_limit=6000",
-                      "hydra/sweeper/pruner=none")
+                      "hydra/sweeper/pruner=none", "hydra.sweeper.fuse=2")
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
@@ -84,7 +85,7 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
     # The resumed sampler does not replay the start-up points already in the study.
     assert len({tuple(sorted(t.params.items())) for t in finished}) == n_trials
     interrupted = [t for t in after if t.user_attrs.get("interrupted")]
-    assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)
+    assert len(interrupted) <= 2 and all(t.state == TrialState.FAIL for t in interrupted)
     run_dirs = [t.user_attrs["run_dir"] for t in after]
     assert len(set(run_dirs)) == len(after)  # no folder shared, none overwritten
     sweeps = sorted({Path(d).parent for d in run_dirs})
@@ -100,12 +101,14 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
 
 def test_pruner_stops_a_deliberately_bad_configuration(tmp_path, mnist_root):
     storage = f"sqlite:///{tmp_path}/optuna.db"
-    # Only the learning rate is searched: 1e-3 learns, 1e-7 cannot.
+    # Only the learning rate is searched: 1e-3 learns, 1e-7 cannot. Trials one at a time: the
+    # median pruner waits for a finished trial, and a fused group finishes together.
     result = run_here(*sweep_args(mnist_root, storage, 6, "trainer.epochs=3", "optimizer=sgd",
                                   "activation=relu", "model.hidden_sizes=[128,64]",
                                   "trainer.batch_size=64", "optimizer.lr=choice(0.05,1e-7)",
                                   "hydra.sweeper.pruner.n_startup_trials=1",
-                                  "hydra.sweeper.pruner.n_warmup_steps=0"), cwd=tmp_path)
+                                  "hydra.sweeper.pruner.n_warmup_steps=0", "hydra.sweeper.fuse=1"),
+                      cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage)
     bad = [t for t in trials if t.params["optimizer.lr"] == 1e-7]
@@ -124,7 +127,8 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_
     result = run_here(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
                                   "activation=relu", "model.hidden_sizes=[128,64]",
                                   "trainer.batch_size=64", "optimizer.lr=choice(0.01,1e12)",
-                                  "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.75"),
+                                  "hydra/sweeper/pruner=none", "hydra.sweeper.max_failure_rate=0.75",
+                                  "hydra.sweeper.fuse=1"),  # each trial its own job and log
                       cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = trials_of(storage)
@@ -142,15 +146,19 @@ def test_diverging_trial_is_recorded_fail_and_the_sweep_goes_on(tmp_path, mnist_
         assert not metrics.exists()  # stopped inside the first epoch, at the first non-finite loss
 
 
-def test_too_many_failures_stop_the_sweep(tmp_path, mnist_root):
+@pytest.mark.parametrize("fuse", [1, 3])
+def test_too_many_failures_stop_the_sweep(tmp_path, mnist_root, fuse):
     storage = f"sqlite:///{tmp_path}/optuna.db"
     # An infinite learning rate makes every trial's loss NaN at its second step.
-    result = run_here(*sweep_args(mnist_root, storage, 4, "trainer.epochs=1", "optimizer=sgd",
+    result = run_here(*sweep_args(mnist_root, storage, 6, "trainer.epochs=1", "optimizer=sgd",
                                   "optimizer.lr=inf", "hydra/sweeper/pruner=none",
-                                  "hydra.sweeper.max_failure_rate=0.3"), cwd=tmp_path)
+                                  "hydra.sweeper.max_failure_rate=0.3", f"hydra.sweeper.fuse={fuse}"),
+                      cwd=tmp_path)
     assert result.returncode != 0
     trials = trials_of(storage)
-    assert [t.state for t in trials] == [TrialState.FAIL] * 2  # 2 > 0.3 * 4: stop there
+    # 2 > 0.3 * 6: the sweep stops after the job that passed the rate (a fused job's trials end
+    # together)
+    assert [t.state for t in trials] == [TrialState.FAIL] * max(2, fuse)
 
 
 def test_joblib_launcher_runs_trials_side_by_side(tmp_path, mnist_root):
@@ -194,7 +202,8 @@ def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
         [sys.executable, "-m", "mlp_sweep.workers", "2", "hparams_search=optuna_course",
          f"dataset.root={mnist_root}",
          f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=8", "trainer.epochs=2", *SMALL,
-         "dataset.train_limit=12000"],  # trials of about 1 s: every worker is up before they run out
+         "dataset.train_limit=12000",  # trials of about 1 s: every worker is up before they run out
+         "hydra.sweeper.fuse=2"],  # each worker trains its trials in fused pairs
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert_each_trial_once(storage, "course_mnist", 8, workers=2)
@@ -222,7 +231,8 @@ def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, p
         [sys.executable, "-m", "mlp_sweep.workers", "3", "hparams_search=optuna_course",
          f"dataset.root={mnist_root}",
          f"hydra.sweeper.storage={postgres_url}", f"hydra.sweeper.study_name={name}",
-         "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL, "dataset.train_limit=12000"],
+         "hydra.sweeper.n_trials=9", "trainer.epochs=2", *SMALL, "dataset.train_limit=12000",
+         "hydra.sweeper.fuse=1"],
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert_each_trial_once(postgres_url, name, 9, workers=3)

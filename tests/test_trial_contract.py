@@ -93,3 +93,21 @@ def test_the_epoch_early_stopping_ends_on_is_the_last_report_and_never_pruned(
     assert sorted(recorded.intermediate_values) == [1, 2]
     assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
     assert (run_dir / "model.pt").is_file()
+
+
+def test_a_task_that_returns_one_value_for_a_fused_group_fails_its_trials_saying_why(tmp_path):
+    storage = f"sqlite:///{tmp_path}/sphere.db"
+    result = sphere_here(tmp_path, f"hydra.sweeper.storage={storage}", "hydra.sweeper.fuse=3",
+                         "hydra.sweeper.max_failure_rate=1.0")
+    assert result.returncode == 0, result.stderr
+    trials = optuna.load_study(study_name="sphere", storage=storage).trials
+    assert [t.state for t in trials] == [TrialState.FAIL] * 3
+    for trial in trials:
+        assert "returns {trial number: value} for each" in trial.user_attrs["fail_reason"]
+        assert trial.user_attrs["trained_with"] == [0, 1, 2]
+    # The job had its group: the first trial's spec lists the others, each with its own config.
+    first = TrialSpec.read(tmp_path / "sweep" / "0" / "trial.json")
+    assert [spec.number for spec in first.group()] == [0, 1, 2]
+    for spec in first.group():
+        assert Path(spec.run_dir, ".hydra", "config.yaml").is_file()
+
