@@ -18,9 +18,11 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
+from mlp_sweep.sweeping import trial_attrs
 from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training import run_dirs
+from mlp_sweep.training.checkpoint import Checkpoints
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
 from mlp_sweep.training.fused_run import GroupMember, train_group
 from mlp_sweep.training.run import train_run
@@ -42,8 +44,22 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     if run_dir is None:
         run_dir = _hydra_output_dir()
     trial = TrialLink.of_this_job()  # set when an mlp_optuna sweep runs this job
-    return train_run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial),
-                     tracker_identity=trial.identity if trial else (None, None))
+    resume = earlier_attempt(trial) if cfg.trainer.get("checkpoint", True) else None
+    replayed = resume[1]["epoch"] if resume else 0
+    if resume is not None:
+        trial.note(trial_attrs.RESUMED_AFTER, replayed)
+    return train_run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial, replayed),
+                     tracker_identity=trial.identity if trial else (None, None), resume=resume)
+
+
+def earlier_attempt(trial: TrialLink | None) -> tuple[str, dict] | None:
+    """The newest checkpoint an earlier attempt of this trial left (it was interrupted, or its
+    worker went silent), with its folder; None for a first attempt or one that left none."""
+    for folder in trial.spec.resume_from if trial else ():
+        state = Checkpoints(Path(folder)).load()
+        if state is not None:
+            return folder, state
+    return None
 
 
 def train_fused(cfg: DictConfig, spec: TrialSpec) -> dict[int, object]:
@@ -83,22 +99,29 @@ def job_log_in(path: Path):
         handler.close()
 
 
-def trial_reporter(cfg: DictConfig, trial: TrialLink | None):
-    """The epoch callback that reports a run's objective to its trial (None: nothing to do)."""
+def trial_reporter(cfg: DictConfig, trial: TrialLink | None, replayed: int = 0):
+    """The epoch callback that reports a run's objective to its trial (None: nothing to do).
+    The first `replayed` epochs are an earlier attempt's, reported again: the pace (seconds per
+    epoch, for on_timeout=prune_early) is this job's own, from the end of the last of them."""
     patience = cfg.trainer.get("early_stopping") or 0
     history: list[EpochMetrics] = []
-    first_epoch_began: list[float] = []  # when epoch 1 started: the pace leaves out the start-up
+    began: list[float] = []  # when this job's first epoch started: the pace leaves out start-up
 
     def report(metrics: EpochMetrics) -> None:
         history.append(metrics)
         if not trial:
             return
-        if not first_epoch_began:
-            first_epoch_began.append(time.monotonic() - metrics.epoch_time_s)
-        seconds_per_epoch = (time.monotonic() - first_epoch_began[0]) / metrics.epoch
-        trial.report(getattr(metrics, cfg.objective), metrics.epoch,
-                     last=run_ends_after(history, cfg.trainer.epochs, patience),
-                     seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - metrics.epoch))
+        value, epoch = getattr(metrics, cfg.objective), metrics.epoch
+        last = run_ends_after(history, cfg.trainer.epochs, patience)
+        if epoch <= replayed:
+            began[:] = [time.monotonic()]
+            trial.report(value, epoch, last=last)
+            return
+        if not began:
+            began.append(time.monotonic() - metrics.epoch_time_s)
+        seconds_per_epoch = (time.monotonic() - began[0]) / (epoch - replayed)
+        trial.report(value, epoch, last=last,
+                     seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - epoch))
 
     return report
 

@@ -87,6 +87,19 @@ def test_a_member_pruned_or_diverged_ends_alone_and_the_others_go_on(tmp_path, s
     assert_same_run(tmp_path / "0", tmp_path / "single0")
 
 
+def test_a_stack_interrupted_leaves_no_run_marked_running(tmp_path, small_root):
+    def interrupt(metrics):
+        raise KeyboardInterrupt
+
+    members = [GroupMember(0, member_cfg(small_root, *OWN[0]), tmp_path / "0"),
+               GroupMember(1, member_cfg(small_root, *OWN[1]), tmp_path / "1", on_epoch=interrupt)]
+    with pytest.raises(KeyboardInterrupt):
+        train_group(members)
+    for member in members:
+        status = json.loads((member.run_dir / "status.json").read_text())
+        assert status["state"] == "failed" and not (member.run_dir / "model.pt").exists()
+
+
 def test_members_that_cannot_share_a_stack_train_alone_in_turn(tmp_path, small_root):
     cfgs = [member_cfg(small_root, "model.hidden_sizes=[32]"),
             member_cfg(small_root, "model.hidden_sizes=[16]"),

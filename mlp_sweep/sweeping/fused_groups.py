@@ -24,8 +24,11 @@ from mlp_sweep.files import write_text
 
 
 def ask_groups(study: optuna.Study, ask: Callable[[], optuna.Trial | None], *, jobs: int,
-               fuse: int, fuse_by: tuple[str, ...], missing: int) -> list[list[optuna.Trial]]:
-    """Up to `jobs` groups of up to `fuse` trials, `missing` trials at most in all."""
+               fuse: int, fuse_by: tuple[str, ...], missing: int,
+               alone: Callable[[optuna.Trial], bool] = lambda trial: False
+               ) -> list[list[optuna.Trial]]:
+    """Up to `jobs` groups of up to `fuse` trials, `missing` trials at most in all; a trial for
+    which `alone` says so (one that goes on from an earlier attempt) is a group of its own."""
     groups: list[list[optuna.Trial]] = []
     asked = 0
     while len(groups) < jobs and asked < missing:
@@ -36,7 +39,7 @@ def ask_groups(study: optuna.Study, ask: Callable[[], optuna.Trial | None], *, j
         group = [first]
         shared = {key: first.params[key] for key in fuse_by if key in first.params}
         # A queued trial (enqueue_trials, a heartbeat retry) is asked first, as a group's first.
-        while len(group) < fuse and asked < missing and not _queued(study):
+        while len(group) < fuse and asked < missing and not alone(first) and not _queued(study):
             if shared:
                 study.enqueue_trial(shared)
             trial = ask()

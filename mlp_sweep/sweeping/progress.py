@@ -106,6 +106,11 @@ class SweepProgress:
         self.bar.close()
 
     def _trial_text(self, study: optuna.Study, trial: FrozenTrial) -> str:
+        resumed = trial_attrs.resumed_after(trial)
+        text = self._outcome_text(study, trial)
+        return text + (f" (resumed after epoch {resumed})" if resumed else "")
+
+    def _outcome_text(self, study: optuna.Study, trial: FrozenTrial) -> str:
         state, metric = trial.state.name, self.settings.metric
         steps = trial.intermediate_values
         if trial.state == TrialState.COMPLETE:

@@ -22,7 +22,7 @@ SETTINGS_ATTR = "settings"
 # How a run executes and where it is logged, not what it trains (trainer.precision: bf16 trains
 # to fp32's accuracy, measured by make bench-precision, as another device does).
 EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "trainer.precision",
-                  "dataset.root", "logger")
+                  "trainer.checkpoint", "trainer.resume", "dataset.root", "logger")
 ABSENT = "(absent)"
 
 

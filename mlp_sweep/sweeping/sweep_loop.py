@@ -6,10 +6,11 @@ Hydra jobs through the configured launcher, tell the study how each ended, until
 Each job gets its trial as one description, `trial.json` in its folder (trial_spec.py), named in
 its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it
 returns TrialPruned and the trial is recorded PRUNED. With `fuse` > 1 a job gets a group of
-trials (fused_groups.py) and returns each one's outcome by trial number. A job that raises is recorded FAIL with the
-reason, and the sweep goes on until those failures exceed `max_failure_rate` of `n_trials`. A
-value the study cannot record (NaN, the wrong count) is a FAIL trial too, as in the stock
-sweeper, and does not stop the sweep.
+trials (fused_groups.py) and returns each one's outcome by trial number. A trial that runs an
+interrupted one again is told the earlier attempts' folders, to go on from them. A job that
+raises is recorded FAIL with the reason, and the sweep goes on until those failures exceed
+`max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count) is a
+FAIL trial too, as in the stock sweeper, and does not stop the sweep.
 """
 
 import contextlib
@@ -79,7 +80,7 @@ class SweepLoop:
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
         check_same_settings(study, study_settings(self.config, space), settings.storage)
-        resume.fail_interrupted(study)
+        resume.fail_interrupted(study, settings.max_retry)
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
@@ -118,7 +119,8 @@ class SweepLoop:
                 break
             groups = ask_groups(study, lambda: self._ask(study, sweep_dir, space),
                                 jobs=self.settings.n_jobs, fuse=self.settings.fuse,
-                                fuse_by=self.settings.fuse_by, missing=missing)
+                                fuse_by=self.settings.fuse_by, missing=missing,
+                                alone=lambda trial: bool(resume.attempts(study, trial)))
             if not groups:
                 break
             returns = self._launch(study, groups, fixed_params, fixed_overrides)
@@ -184,7 +186,9 @@ class SweepLoop:
             study_name=study.study_name, storage=absolute_storage(self.settings.storage),
             trial_id=trial_id(trial), number=trial.number, run_dir=str(trial_attrs.run_dir(trial)),
             deadline=self.deadline, prune_early=self.settings.on_timeout == "prune_early",
-            pruner=self.settings.pruner_config, fused=fused)
+            pruner=self.settings.pruner_config, fused=fused,
+            resume_from=tuple(str(trial_attrs.run_dir(t)) for t in resume.attempts(study, trial)
+                              if trial_attrs.run_dir(t)))
 
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the

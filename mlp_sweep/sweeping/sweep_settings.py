@@ -52,6 +52,7 @@ class SweepSettings:
     enqueue_trials: Any
     warm_start: Any
     progress: Any
+    max_retry: int | None = 3     # runs again of an interrupted or silent trial
     fuse: int = 1                 # trials per job (fused_groups.py)
     fuse_by: tuple[str, ...] = () # the params a job's trials share
 
@@ -74,7 +75,8 @@ class SweepSettings:
             timeout=raw.get("timeout"), on_timeout=raw.get("on_timeout", "finish"),
             heartbeat=heartbeat, enqueue_trials=raw.get("enqueue_trials"),
             warm_start=raw.get("warm_start"), progress=raw["progress"],
-            fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()))
+            max_retry=raw.get("max_retry", 3), fuse=raw.get("fuse", 1),
+            fuse_by=tuple(raw.get("fuse_by") or ()))
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:

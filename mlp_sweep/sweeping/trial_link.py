@@ -77,6 +77,11 @@ class TrialLink:
         """The study name and trial number, for experiment trackers to file the run under."""
         return self.spec.study_name, self.spec.number
 
+    def note(self, key: str, value: object) -> None:
+        """Record `key: value` on the trial (a user attribute), for the sweep and its readers."""
+        if self.trial is not None:
+            self.trial.set_user_attr(key, value)
+
     def report(self, value: float, step: int, last: bool = False,
                seconds_to_finish: float | None = None) -> None:
         """Record the step's value; raise optuna.TrialPruned when the pruner says stop, and

@@ -32,6 +32,10 @@ class TrialSpec:
     # hydra.sweeper.fuse: the folders of the other trials this job trains, each with its own
     # trial.json and .hydra/config.yaml (fused_groups.py); empty: the job trains this trial alone
     fused: tuple[str, ...] = ()
+    # The folders of the attempts this trial runs again (interrupted, or silent on another
+    # host), the latest first: the job may go on from what they left (mlp_sweep.train: a
+    # checkpoint)
+    resume_from: tuple[str, ...] = ()
 
     def write(self) -> Path:
         """Write `run_dir/trial.json` whole; its path, for the job's environment."""
@@ -47,7 +51,8 @@ class TrialSpec:
     @classmethod
     def from_json(cls, text: str) -> "TrialSpec":
         fields = json.loads(text)
-        return cls(**{**fields, "fused": tuple(fields.get("fused", ()))})
+        return cls(**{**fields, "fused": tuple(fields.get("fused", ())),
+                      "resume_from": tuple(fields.get("resume_from", ()))})
 
     def group(self) -> list["TrialSpec"]:
         """The trials this job trains: this one, then those it is fused with."""

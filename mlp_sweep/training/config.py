@@ -90,6 +90,13 @@ def validate(cfg: DictConfig) -> None:
     _positive_int("trainer.batch_size", cfg.trainer.batch_size)
     _positive_int("trainer.threads", cfg.trainer.threads, allow_zero=True)
     check_precision(cfg.trainer.get("precision", "fp32"))
+    checkpoint = cfg.trainer.get("checkpoint", True)
+    if not isinstance(checkpoint, bool):
+        raise ConfigError(f"trainer.checkpoint={checkpoint!r} is not allowed; allowed: true, false")
+    resume = cfg.trainer.get("resume")
+    if resume is not None and (not isinstance(resume, str) or not resume):
+        raise ConfigError(f"trainer.resume={resume!r} is not allowed; allowed: a run folder "
+                          "holding a checkpoint.pt, or null")
     progress = cfg.trainer.get("progress", "auto")
     if progress not in (True, False, "auto"):
         raise ConfigError(f"trainer.progress={progress!r} is not allowed; allowed: auto, true, false")

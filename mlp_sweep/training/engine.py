@@ -9,6 +9,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from mlp_sweep.training.checkpoint import Checkpoints
 from mlp_sweep.training.data import Split, Splits
 from mlp_sweep.training.precision import autocast
 from mlp_sweep.training.schedules import Schedule
@@ -42,6 +43,8 @@ def fit(
     schedule: Schedule | None = None,
     patience: int = 0,
     dtype: torch.dtype = torch.float32,
+    checkpoints: Checkpoints | None = None,
+    resume: dict | None = None,
 ) -> list[EpochMetrics]:
     """Train for `epochs`, evaluating after each; `on_epoch` gets the history so far after every
     epoch (and may raise to stop, as a pruned trial does).
@@ -50,10 +53,17 @@ def fit(
     better validation accuracy, and the model ends with the weights of its best epoch
     (`best_epoch(history)`); without one, with the last epoch's. `dtype` is the training
     passes' precision (precision.py); evaluation is always float32.
+
+    `checkpoints` receives the whole state after every epoch the run goes on from; `resume`, a
+    state it wrote, continues that run after its epochs, which `on_epoch` gets again first.
     """
     history: list[EpochMetrics] = []
     best_weights = None
-    for epoch in range(1, epochs + 1):
+    if resume is not None:
+        history, best_weights = restore(resume, model, optimizer, schedule, generator)
+        for done in range(1, len(history) + 1):
+            on_epoch(history[:done])
+    for epoch in range(len(history) + 1, epochs + 1):
         start = time.perf_counter()
         train_loss, train_accuracy = train_epoch(
             model, optimizer, splits.train, batch_size, generator,
@@ -77,9 +87,42 @@ def fit(
         on_epoch(history)
         if run_ends_after(history, epochs, patience):
             break
+        if checkpoints is not None:
+            checkpoints.save(state_after(history, model, optimizer, schedule, generator,
+                                         best_weights, dtype))
     if best_weights is not None and best_epoch(history) is not history[-1]:
         model.load_state_dict(best_weights)
     return history
+
+
+def state_after(history: list[EpochMetrics], model: nn.Module, optimizer: torch.optim.Optimizer,
+                schedule: Schedule | None, generator: torch.Generator,
+                best_weights: dict | None, dtype: torch.dtype) -> dict:
+    """What a run needs to go on after its last epoch as if it had never stopped: its weights,
+    its optimizer's and schedule's state, where the data order's and the augmentation's (and
+    dropout's) random streams are, its history, and its best epoch's weights."""
+    return {"epoch": history[-1].epoch, "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": schedule.scheduler.state_dict() if schedule else None,
+            "order_rng": generator.get_state(), "rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None,
+            "history": [vars(m) for m in history], "best_weights": best_weights,
+            "dtype": str(dtype).removeprefix("torch.")}
+
+
+def restore(state: dict, model: nn.Module, optimizer: torch.optim.Optimizer,
+            schedule: Schedule | None, generator: torch.Generator
+            ) -> tuple[list[EpochMetrics], dict | None]:
+    """Put a checkpoint's state back; its history and best weights."""
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    if schedule is not None and state["scheduler"] is not None:
+        schedule.scheduler.load_state_dict(state["scheduler"])
+    generator.set_state(state["order_rng"])
+    torch.set_rng_state(state["rng"])
+    if state.get("cuda_rng") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    return [EpochMetrics(**m) for m in state["history"]], state["best_weights"]
 
 
 def run_ends_after(history: list[EpochMetrics], epochs: int, patience: int) -> bool:

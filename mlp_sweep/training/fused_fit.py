@@ -34,6 +34,7 @@ class Member:
     history: list[EpochMetrics] = field(default_factory=list)
     best: list[torch.Tensor] | None = None
     ended: BaseException | None = None  # why it stopped before its end (pruned, diverged)
+    finished: bool = False  # trained to its end: its model holds the weights it keeps
 
 
 def fit_stacked(members: list[Member], splits: Splits, epochs: int, batch_size: int,
@@ -92,6 +93,7 @@ class StackedFit:
         if member.best is not None and kept is not member.history[-1]:
             self.stack.restore(index, member.best)
         self.stack.export(index)
+        member.finished = True
 
     def _drop(self, indices: list[int]) -> None:
         if not indices:

@@ -71,7 +71,7 @@ def train_group(members: list[GroupMember]) -> dict[int, Outcome]:
         except Exception as error:
             outcomes[member.name] = _ended_before_training(member, error)
             continue
-        reason = unstackable_reason(built.training.model, built.training.optimizer)
+        reason = unstackable_reason(built.training.model)
         if reason:
             log.info(f"trial {member.name} trains alone: {reason}")
         stacks.setdefault(_stack_key(built) if not reason else ("alone", member.name),
@@ -147,10 +147,17 @@ def _train_stack(group: list[_Built]) -> dict[int, Outcome]:
                for built in group]
     for built in group:
         built.trackers.start(built.member.cfg)
-    fit_stacked(members, first.splits, cfg.trainer.epochs, cfg.trainer.batch_size,
-                torch.Generator().manual_seed(cfg.trainer.seed),
-                augment=first.training.augment,
-                patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype)
+    try:
+        fit_stacked(members, first.splits, cfg.trainer.epochs, cfg.trainer.batch_size,
+                    torch.Generator().manual_seed(cfg.trainer.seed),
+                    augment=first.training.augment,
+                    patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype)
+    except BaseException as error:  # the stack itself failed (or was interrupted): every run did
+        for built, member in zip(group, members):
+            if not member.finished:
+                member.ended = member.ended or error
+            _ended(built, member)
+        raise
     return {built.member.name: _ended(built, member) for built, member in zip(group, members)}
 
 

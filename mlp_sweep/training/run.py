@@ -18,6 +18,7 @@ from omegaconf import DictConfig
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.training.build import build_training
+from mlp_sweep.training.checkpoint import Checkpoints, check_same_model, checkpoint_of
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits, load_splits
 from mlp_sweep.training.devices import cpu_threads, resolve_device
@@ -35,30 +36,38 @@ EpochCallback = Callable[[EpochMetrics], None]
 
 def train_run(cfg: DictConfig, run_dir: Path | None = None,
               on_epoch: EpochCallback | None = None,
-              tracker_identity: tuple[str | None, int | None] = (None, None)) -> float:
+              tracker_identity: tuple[str | None, int | None] = (None, None),
+              resume: tuple[str, dict] | None = None) -> float:
     """Train the model `cfg` describes and return `cfg.objective` at the epoch whose weights
     it keeps (the best validation accuracy; the last epoch without a validation split).
 
     `run_dir`, when given, receives status.json, metrics.json (after every epoch, each epoch
-    with the time it ended) and model.pt. `tracker_identity` is the (study, trial number) that
-    experiment trackers file the run under.
+    with the time it ended), model.pt, and checkpoint.pt while it runs (trainer.checkpoint).
+    `tracker_identity` is the (study, trial number) that experiment trackers file the run under.
+    `resume`, (folder, its checkpoint), continues an earlier run as `trainer.resume` does.
     """
     record = RunRecord(run_dir) if run_dir is not None else None
     if record:
         record.running()
     try:
-        return _train(cfg, record, on_epoch, tracker_identity)
+        objective = _train(cfg, record, on_epoch, tracker_identity, resume)
     except BaseException as error:
         if record:
             record.ended(end_state(error), error)
+            if isinstance(error, Exception):  # ended; an interrupted run keeps its checkpoint
+                Checkpoints(record.run_dir).remove()
         # A UserError gets its one line from the command; a pruned run is no failure.
         if not isinstance(error, (optuna.TrialPruned, UserError)):
             log.error(f"Run failed: {type(error).__name__}: {error} (traceback in status.json)")
         raise
+    if record:
+        Checkpoints(record.run_dir).remove()
+    return objective
 
 
 def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | None,
-           tracker_identity: tuple[str | None, int | None]) -> float:
+           tracker_identity: tuple[str | None, int | None],
+           resume: tuple[str, dict] | None) -> float:
     validate(cfg)
     device = resolve_device(cfg.trainer.device)
     threads = cpu_threads(cfg.trainer.threads)
@@ -68,10 +77,18 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
     # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
     trackers = Trackers.from_config(cfg, record and record.run_dir, *tracker_identity)
 
+    if resume is None and cfg.trainer.get("resume"):  # before the data is read
+        resume = (cfg.trainer.resume, checkpoint_of(cfg.trainer.resume))
     splits = on_device(load_splits(cfg.dataset), device)
     model, optimizer, loss_fn, augment, schedule = build_training(cfg, len(splits.train), device)
-    dtype = training_dtype(cfg.trainer.get("precision", "fp32"), device, model,
-                           cfg.trainer.batch_size, tuple(cfg.dataset.input_shape))
+    state = resume[1] if resume else None
+    if resume is not None:
+        check_same_model(state, model, resume[0])
+        dtype = getattr(torch, state["dtype"])  # the precision it trained in, not a new probe
+        log.info(f"resumed: going on from {resume[0]} after its epoch {state['epoch']}")
+    else:
+        dtype = training_dtype(cfg.trainer.get("precision", "fp32"), device, model,
+                               cfg.trainer.batch_size, tuple(cfg.dataset.input_shape))
     # In a sweep the console shows the search, not each trial's model: that goes to its log file.
     (_log_to_files_only if in_sweep() else log.info)(f"Model: {model}")
     log.info(f"{parameter_count(model):,} parameters; optimizer {optimizer.__class__.__name__}; "
@@ -102,7 +119,10 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                       torch.Generator().manual_seed(cfg.trainer.seed), on_epoch=after_epoch,
                       progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn,
                       augment=augment, schedule=schedule,
-                      patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype)
+                      patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype,
+                      checkpoints=Checkpoints(record.run_dir)
+                      if record and cfg.trainer.get("checkpoint", True) else None,
+                      resume=state)
         if record:
             record.completed(model)
     except BaseException as error:

@@ -1,6 +1,5 @@
 """K MLPs of one shape as one computation: each weight stacked on a leading member axis, the first
-layer one matrix multiply on the batch they share, the others one batched multiply, and one
-optimizer step for all of them with each member's own hyperparameters.
+layer one matrix multiply on the batch they share, the others one batched multiply.
 
 The members are ordinary `MLP`s built as a single run builds them (its seed, its initialisation);
 `StackedMLP` copies their weights in and `export` copies a member's back out, so a member's
@@ -13,6 +12,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from mlp_sweep.training.model import MLP
+
 
 class HiddenLayer:
     """One hidden layer of an MLP read back from its modules."""
@@ -46,8 +46,8 @@ def shape_of(model: MLP) -> tuple:
             output.in_features, output.out_features)
 
 
-def unstackable_reason(model: MLP, optimizer: torch.optim.Optimizer) -> str | None:
-    """Why this model and optimizer cannot train stacked, or None when they can."""
+def unstackable_reason(model: MLP) -> str | None:
+    """Why this model cannot train stacked, or None when it can."""
     layers, _ = hidden_layers(model)
     if any(list(layer.activation.parameters()) for layer in layers):
         return f"activation {type(layers[0].activation).__name__} has weights"

@@ -1,0 +1,77 @@
+"""A run's whole state after an epoch, so that a run killed mid-way continues from its last
+finished epoch with the results it would have had.
+
+`RUN_DIR/checkpoint.pt` holds the model, the optimizer, the schedule, the data order's and the
+augmentation's random streams, the history and the best epoch's weights. Each is written to a
+temporary name and renamed over the last one, which is first kept as `checkpoint.prev.pt`: a
+reader finds a whole file, and should the newest be unreadable, the one before it. Both go when
+the run ends (its `model.pt` stays).
+"""
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mlp_sweep.errors import UserError
+from mlp_sweep.files import replace_atomically
+
+log = logging.getLogger(__name__)
+
+CHECKPOINT_FILE = "checkpoint.pt"
+PREVIOUS_FILE = "checkpoint.prev.pt"
+
+
+class Checkpoints:
+    """The checkpoint files of one run folder."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.current = Path(run_dir, CHECKPOINT_FILE)
+        self.previous = Path(run_dir, PREVIOUS_FILE)
+
+    def save(self, state: dict[str, Any]) -> None:
+        def write(tmp: Path) -> None:
+            torch.save(state, tmp)
+            if self.current.exists():
+                os.replace(self.current, self.previous)
+
+        replace_atomically(self.current, write)
+
+    def load(self) -> dict[str, Any] | None:
+        """The newest readable checkpoint; None when there is none."""
+        for path in (self.current, self.previous):
+            if not path.is_file():
+                continue
+            try:
+                return torch.load(path, weights_only=False)
+            except Exception as error:  # a file cut short on a disk that lost it: the one before
+                log.warning(f"checkpoint {path} cannot be read ({type(error).__name__}); "
+                            "trying the one before it")
+        return None
+
+    def remove(self) -> None:
+        self.current.unlink(missing_ok=True)
+        self.previous.unlink(missing_ok=True)
+
+
+def checkpoint_of(run_dir: str | Path) -> dict[str, Any]:
+    """The checkpoint `trainer.resume=run_dir` names; UserError when there is none."""
+    state = Checkpoints(Path(run_dir)).load() if Path(run_dir).is_dir() else None
+    if state is None:
+        raise UserError(f"trainer.resume={run_dir} holds no readable {CHECKPOINT_FILE}; allowed: "
+                        "the folder of a run that stopped before its end (a finished run "
+                        "keeps model.pt only)")
+    return state
+
+
+def check_same_model(state: dict[str, Any], model: torch.nn.Module, source: str) -> None:
+    """UserError when the checkpoint's weights do not fit `model` (another config's model)."""
+    shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
+    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    if shapes != ours:
+        differ = sorted(k for k in shapes.keys() | ours.keys() if shapes.get(k) != ours.get(k))
+        raise UserError(f"trainer.resume={source} is a checkpoint of another model ({differ[0]}: "
+                        f"{shapes.get(differ[0])} there, {ours.get(differ[0])} here); allowed: "
+                        "a run of the same model config")

@@ -1,0 +1,136 @@
+"""Checkpoints: a run killed after an epoch goes on from it, as if it had never stopped; a trial
+interrupted in a sweep runs again with its params from where it was."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from mlp_sweep.train import train
+
+from conftest import SMALL_DATA, compose_config, run_here
+
+# Dropout, augmentation and a per-step schedule: every random stream and state a resume restores
+RUN = ["trainer.epochs=12", "dataset.val_size=500", "objective=val_accuracy", "model.dropout=0.2",
+       "augment=shift", "scheduler=onecycle", "optimizer=adamw"]
+
+
+def epochs(run_dir: Path) -> list[dict]:
+    return json.loads((run_dir / "metrics.json").read_text())["epochs"]
+
+
+def same_epochs(a: list[dict], b: list[dict]) -> bool:
+    keys = ("epoch", "train_loss", "train_accuracy", "val_accuracy", "test_accuracy")
+    return [[m[k] for k in keys] for m in a] == [[m[k] for k in keys] for m in b]
+
+
+def kill_after_epoch(args: list[str], run_dir: Path, epoch: int, cwd: Path) -> None:
+    """Start `python -m mlp_sweep.train ARGS` and SIGKILL it once `epoch` epochs are done."""
+    process = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args,
+                                f"hydra.run.dir={run_dir}"], cwd=cwd,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and process.poll() is None:
+        try:
+            if len(epochs(run_dir)) >= epoch:
+                break
+        except (FileNotFoundError, json.JSONDecodeError):
+            pass
+        time.sleep(0.01)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def test_a_run_killed_after_an_epoch_goes_on_to_the_results_it_would_have_had(tmp_path, small_root):
+    args = [*SMALL_DATA, f"dataset.root={small_root}", *RUN]
+    whole = train(compose_config(*args), run_dir=tmp_path / "whole")
+    assert not (tmp_path / "whole" / "checkpoint.pt").exists()  # removed when the run ended
+
+    kill_after_epoch(args, tmp_path / "killed", 3, tmp_path)
+    killed_epochs = len(epochs(tmp_path / "killed"))
+    assert 3 <= killed_epochs < 12 and (tmp_path / "killed" / "checkpoint.pt").is_file()
+
+    result = run_here(*args, f"trainer.resume={tmp_path / 'killed'}",
+                      f"hydra.run.dir={tmp_path / 'resumed'}", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert same_epochs(epochs(tmp_path / "resumed"), epochs(tmp_path / "whole"))
+    log = (tmp_path / "resumed" / "train.log").read_text()
+    assert f"resumed: going on from {tmp_path / 'killed'} after its epoch" in log
+    assert json.loads((tmp_path / "resumed" / "metrics.json").read_text())["val_accuracy"] == whole
+    assert not (tmp_path / "resumed" / "checkpoint.pt").exists()
+
+
+def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(tmp_path, small_root):
+    args = [*SMALL_DATA, f"dataset.root={small_root}", *RUN, "trainer.epochs=5"]
+    train(compose_config(*args), run_dir=tmp_path / "whole")
+
+    def interrupt_at_epoch_4(metrics):
+        if metrics.epoch == 4:
+            raise KeyboardInterrupt  # an interruption: the run keeps its checkpoints
+
+    from mlp_sweep.training.run import train_run
+    with pytest.raises(KeyboardInterrupt):
+        train_run(compose_config(*args), tmp_path / "cut", on_epoch=interrupt_at_epoch_4)
+    newest = tmp_path / "cut" / "checkpoint.pt"  # after epoch 3; the one before: epoch 2
+    newest.write_bytes(newest.read_bytes()[:1000])
+    train(compose_config(*args, f"trainer.resume={tmp_path / 'cut'}"), run_dir=tmp_path / "resumed")
+    assert same_epochs(epochs(tmp_path / "resumed"), epochs(tmp_path / "whole"))
+
+
+@pytest.mark.parametrize("make, allowed", [
+    (lambda folder, root: folder.mkdir(), "holds no readable checkpoint.pt; allowed: the folder of a run"),
+    (lambda folder, root: kill_after_epoch(
+        [*SMALL_DATA, f"dataset.root={root}", "trainer.epochs=50", "model.hidden_sizes=[32]"],
+        folder, 2, folder.parent),
+     "is a checkpoint of another model"),
+])
+def test_a_resume_that_cannot_be_is_one_line(tmp_path, small_root, make, allowed):
+    folder = tmp_path / "earlier"
+    make(folder, small_root)
+    result = run_here(*SMALL_DATA, f"dataset.root={small_root}", f"trainer.resume={folder}",
+                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 1
+    errors = [line for line in (result.stdout + result.stderr).splitlines() if "allowed" in line]
+    assert len(errors) == 1 and f"trainer.resume={folder}" in errors[0] and allowed in errors[0]
+    assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def test_a_trial_killed_mid_sweep_runs_again_from_its_last_epoch(tmp_path, small_root):
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    args = ["--multirun", "hparams_search=optuna_course", *SMALL_DATA, f"dataset.root={small_root}",
+            "dataset.val_size=500", "trainer.epochs=40", "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.fuse=1", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={storage}"]
+    first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill it once a trial is 3 epochs in
+        try:
+            study = optuna.load_study(study_name="course_fashion_mnist", storage=storage)
+            if any(len(t.intermediate_values) >= 3 for t in study.get_trials(deepcopy=False)):
+                break
+        except KeyError:
+            pass
+        time.sleep(0.05)
+    os.kill(first.pid, signal.SIGKILL)
+    first.wait()
+
+    second = run_here(*args, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr
+    trials = optuna.load_study(study_name="course_fashion_mnist", storage=storage).get_trials()
+    [killed] = [t for t in trials if t.user_attrs.get("interrupted")]
+    [again] = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
+    assert again.state == TrialState.COMPLETE and again.params == killed.params
+    resumed_after = again.user_attrs["resumed_after"]
+    assert resumed_after >= 3 and sorted(again.intermediate_values) == list(range(1, 41))
+    for epoch in range(1, resumed_after + 1):  # the earlier epochs, reported again
+        assert again.intermediate_values[epoch] == killed.intermediate_values[epoch]
+    assert f"trial {again.number} COMPLETE" in second.stdout
+    assert f"(resumed after epoch {resumed_after})" in second.stdout
+    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2
