@@ -1,5 +1,5 @@
 """Checkpoints: a run killed after an epoch goes on from it, as if it had never stopped; a trial
-interrupted in a sweep runs again with its params from where it was."""
+a run that cannot be resumed says so in one line."""
 
 import json
 import os
@@ -9,9 +9,7 @@ import sys
 import time
 from pathlib import Path
 
-import optuna
 import pytest
-from optuna.trial import TrialState
 
 from mlp_sweep.train import train
 
@@ -100,37 +98,3 @@ def test_a_resume_that_cannot_be_is_one_line(tmp_path, small_root, make, allowed
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "allowed" in line]
     assert len(errors) == 1 and f"trainer.resume={folder}" in errors[0] and allowed in errors[0]
     assert not (tmp_path / "run" / "model.pt").exists()
-
-
-def test_a_trial_killed_mid_sweep_runs_again_from_its_last_epoch(tmp_path, small_root):
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    args = ["--multirun", "hparams_search=optuna_course", *SMALL_DATA, f"dataset.root={small_root}",
-            "dataset.val_size=500", "trainer.epochs=40", "hydra.sweeper.n_trials=2",
-            "hydra.sweeper.fuse=1", "hydra/sweeper/pruner=none", f"hydra.sweeper.storage={storage}"]
-    first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline:  # kill it once a trial is 3 epochs in
-        try:
-            study = optuna.load_study(study_name="course_fashion_mnist", storage=storage)
-            if any(len(t.intermediate_values) >= 3 for t in study.get_trials(deepcopy=False)):
-                break
-        except KeyError:
-            pass
-        time.sleep(0.05)
-    os.kill(first.pid, signal.SIGKILL)
-    first.wait()
-
-    second = run_here(*args, cwd=tmp_path)
-    assert second.returncode == 0, second.stderr
-    trials = optuna.load_study(study_name="course_fashion_mnist", storage=storage).get_trials()
-    [killed] = [t for t in trials if t.user_attrs.get("interrupted")]
-    [again] = [t for t in trials if t.user_attrs.get("retry_of") == killed.number]
-    assert again.state == TrialState.COMPLETE and again.params == killed.params
-    resumed_after = again.user_attrs["resumed_after"]
-    assert resumed_after >= 3 and sorted(again.intermediate_values) == list(range(1, 41))
-    for epoch in range(1, resumed_after + 1):  # the earlier epochs, reported again
-        assert again.intermediate_values[epoch] == killed.intermediate_values[epoch]
-    assert f"trial {again.number} COMPLETE" in second.stdout
-    assert f"(resumed after epoch {resumed_after})" in second.stdout
-    assert len([t for t in trials if t.state == TrialState.COMPLETE]) == 2

@@ -144,7 +144,7 @@ def test_a_sweeps_console_shows_the_search_and_its_trials_keep_their_logs(tmp_pa
     result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={small_root}",
                       *SMALL_DATA, "dataset.val_size=500", "trainer.epochs=2",
                       "hydra.sweeper.n_trials=2", f"hydra.sweeper.storage=sqlite:///{tmp_path}/o.db",
-                      f"hydra.sweep.dir={tmp_path}/sweep", cwd=tmp_path)
+                      f"hydra.sweep.dir={tmp_path}/sweep", "hydra.sweeper.fuse=2", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     lines = progress_lines(result.stdout)
     assert len(lines) == 2 and re.search(r"val_accuracy \d+\.\d\d % \(epoch [12]\)", lines[0])

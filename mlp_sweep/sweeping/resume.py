@@ -66,11 +66,10 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     return True
 
 
-def fail_interrupted(study: optuna.Study, max_retry: int | None = 3) -> None:
+def fail_interrupted(study: optuna.Study) -> None:
     """Trials still RUNNING whose worker process on this host is gone were killed with it;
     so were those never labelled with a worker (killed between ask and label) after a grace
-    period that a live worker needs far less than to label its trial. Each is queued again with
-    its params (up to `max_retry` times), to go on from its folder."""
+    period that a live worker needs far less than to label its trial."""
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = trial_attrs.worker(trial).rpartition(":")
@@ -80,24 +79,17 @@ def fail_interrupted(study: optuna.Study, max_retry: int | None = 3) -> None:
         if dead or unlabelled:
             set_user_attr(study, trial, trial_attrs.INTERRUPTED, True)
             study.tell(trial.number, state=TrialState.FAIL)
-            again = max_retry is None or len(attempts(study, trial)) < max_retry
-            if again:  # the same params, first in the queue, going on from its folder
-                study.enqueue_trial(trial.params, user_attrs={trial_attrs.RETRY_OF: trial.number})
             log.warning(f"Trial {trial.number} was interrupted (worker {pid or '?'} is gone): "
-                        "recorded FAIL, not counted" + (", run again with its params" if again
-                                                         else f"; not run again: {max_retry} "
-                                                         "retries already"))
+                        "recorded FAIL, not counted, its trial runs again")
 
 
 def attempts(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> list[FrozenTrial]:
-    """The earlier attempts `trial` runs again, the latest first: interrupted trials it retries
-    (retry_of) and heartbeat retries (Optuna's retry history)."""
+    """The earlier attempts `trial` runs again, the latest first (Optuna's heartbeat retry
+    history)."""
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
     chain, current = [], by_number.get(trial.number, trial)  # as stored, with Optuna's records
     while True:
-        earlier = trial_attrs.retry_of(current)
-        if earlier is None and retried_from(current):
-            earlier = retried_from(current)[-1]
+        earlier = retried_from(current)[-1] if retried_from(current) else None
         if earlier is None or earlier not in by_number:
             return chain
         current = by_number[earlier]

@@ -6,8 +6,8 @@ Hydra jobs through the configured launcher, tell the study how each ended, until
 Each job gets its trial as one description, `trial.json` in its folder (trial_spec.py), named in
 its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it
 returns TrialPruned and the trial is recorded PRUNED. With `fuse` > 1 a job gets a group of
-trials (fused_groups.py) and returns each one's outcome by trial number. A trial that runs an
-interrupted one again is told the earlier attempts' folders, to go on from them. A job that
+trials (fused_groups.py) and returns each one's outcome by trial number. A heartbeat retry is
+told the earlier attempts' folders, to go on from them. A job that
 raises is recorded FAIL with the reason, and the sweep goes on until those failures exceed
 `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count) is a
 FAIL trial too, as in the stock sweeper, and does not stop the sweep.
@@ -80,7 +80,7 @@ class SweepLoop:
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
         check_same_settings(study, study_settings(self.config, space), settings.storage)
-        resume.fail_interrupted(study, settings.max_retry)
+        resume.fail_interrupted(study)
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)

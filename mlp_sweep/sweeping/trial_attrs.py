@@ -17,7 +17,6 @@ INTERRUPTED = "interrupted"    # a FAIL trial whose worker died: not counted, ru
 SURPLUS = "surplus"            # a FAIL trial asked beyond n_trials by a racing worker
 IMPORTED = "imported_from"     # "study#number" a warm start copied it from
 TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
-RETRY_OF = "retry_of"          # the number of the interrupted trial it runs again
 RESUMED_AFTER = "resumed_after"  # the epoch (step) its job went on from, an earlier attempt's
 
 PRUNED_BY_PRUNER, PRUNED_BY_BUDGET = "pruner", "budget"
@@ -49,10 +48,6 @@ def is_unrecordable(trial: Any) -> bool:
 def is_uncounted_failure(trial: Any) -> bool:
     """Failed for a reason that does not use up n_trials: interrupted, or asked in surplus."""
     return bool(trial.user_attrs.get(INTERRUPTED) or trial.user_attrs.get(SURPLUS))
-
-
-def retry_of(trial: Any) -> int | None:
-    return trial.user_attrs.get(RETRY_OF)
 
 
 def resumed_after(trial: Any) -> int | None:
