@@ -35,7 +35,7 @@ from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_r
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
-from mlp_sweep.sweeping.storage import Heartbeat, absolute_storage, create_study
+from mlp_sweep.sweeping.storage import absolute_storage, create_study
 from mlp_sweep.sweeping.study_settings import check_same_settings, study_settings
 from mlp_sweep.sweeping.sweep_settings import (SweepSettings, build_sampler, grid_of,
                                                grid_size, parse_space)
@@ -57,6 +57,9 @@ class SweepLoop:
         self.other_workers = resume.OtherWorkers(settings.heartbeat)
         self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
         self.progress: SweepProgress | None = None
+        # Per trial number: the folders of the earlier attempts a trial runs again, the latest
+        # first (empty for a first attempt), read once when it is asked
+        self.earlier_folders: dict[int, tuple[str, ...]] = {}
 
     def run(self, arguments: list[str]) -> None:
         started = time.monotonic()
@@ -120,7 +123,7 @@ class SweepLoop:
             groups = ask_groups(study, lambda: self._ask(study, sweep_dir, space),
                                 jobs=self.settings.n_jobs, fuse=self.settings.fuse,
                                 fuse_by=self.settings.fuse_by, missing=missing,
-                                alone=lambda trial: bool(resume.attempts(study, trial)))
+                                alone=lambda trial: bool(self.earlier_folders[trial.number]))
             if not groups:
                 break
             returns = self._launch(study, groups, fixed_params, fixed_overrides)
@@ -148,6 +151,10 @@ class SweepLoop:
         trial.set_user_attr(trial_attrs.RUN_DIR, str(sweep_dir / str(trial.number)))
         if resume.is_surplus(study, trial, self.n_trials):
             return None
+        # Only heartbeats retry a trial with its params: without them there is nothing to read.
+        self.earlier_folders[trial.number] = () if self.settings.heartbeat is None else tuple(
+            str(trial_attrs.run_dir(t)) for t in resume.attempts(study, trial)
+            if trial_attrs.run_dir(t))
         return trial
 
     def _launch(self, study: optuna.Study, groups: list[list[optuna.Trial]], fixed_params: dict,
@@ -187,8 +194,7 @@ class SweepLoop:
             trial_id=trial_id(trial), number=trial.number, run_dir=str(trial_attrs.run_dir(trial)),
             deadline=self.deadline, prune_early=self.settings.on_timeout == "prune_early",
             pruner=self.settings.pruner_config, fused=fused,
-            resume_from=tuple(str(trial_attrs.run_dir(t)) for t in resume.attempts(study, trial)
-                              if trial_attrs.run_dir(t)))
+            resume_from=self.earlier_folders[trial.number])
 
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the

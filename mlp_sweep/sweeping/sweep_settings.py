@@ -52,7 +52,6 @@ class SweepSettings:
     enqueue_trials: Any
     warm_start: Any
     progress: Any
-    max_retry: int | None = 3     # runs again of an interrupted or silent trial
     fuse: int = 1                 # trials per job (fused_groups.py)
     fuse_by: tuple[str, ...] = () # the params a job's trials share
 
@@ -75,8 +74,7 @@ class SweepSettings:
             timeout=raw.get("timeout"), on_timeout=raw.get("on_timeout", "finish"),
             heartbeat=heartbeat, enqueue_trials=raw.get("enqueue_trials"),
             warm_start=raw.get("warm_start"), progress=raw["progress"],
-            max_retry=raw.get("max_retry", 3), fuse=raw.get("fuse", 1),
-            fuse_by=tuple(raw.get("fuse_by") or ()))
+            fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()))
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
@@ -96,8 +94,9 @@ def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
     if settings.get("timeout") is not None:
         _check_number("timeout", settings["timeout"],
                       "a number of seconds > 0, or null (no time limit)", lambda v: v > 0)
-    _check_number("fuse", settings.get("fuse", 1), "an integer >= 1 (trials per job; 1 trains "
-                  "each trial alone)", lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
+    _check_number("fuse", settings.get("fuse", 1),
+                  "an integer >= 1 (trials per job; 1 trains each trial alone)",
+                  lambda v: isinstance(v, int) and not isinstance(v, bool) and v >= 1)
     fuse_by = settings.get("fuse_by") or []
     if isinstance(fuse_by, str) or not all(isinstance(key, str) for key in fuse_by):
         raise UserError(f"hydra.sweeper.fuse_by={fuse_by!r} is not allowed; allowed: a list of "

@@ -21,14 +21,12 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.training.build import Training, build_training
-from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Splits, load_splits
-from mlp_sweep.training.devices import cpu_threads, resolve_device
 from mlp_sweep.training.engine import EpochMetrics, best_epoch
 from mlp_sweep.training.fused_fit import Member, fit_stacked
 from mlp_sweep.training.loggers import Trackers
 from mlp_sweep.training.precision import precision_name, training_dtype
-from mlp_sweep.training.run import end_state, metrics_summary, on_device, train_run
+from mlp_sweep.training.run import end_state, metrics_summary, on_device, set_up, train_run
 from mlp_sweep.training.run_record import RunRecord
 from mlp_sweep.training.stacked import StackedMLP, shape_of, unstackable_reason
 
@@ -91,12 +89,7 @@ def _build(member: GroupMember, data: dict[str, Splits]) -> _Built:
     record = RunRecord(member.run_dir) if member.run_dir is not None else None
     if record:
         record.running()
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    threads = cpu_threads(cfg.trainer.threads)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.trainer.seed)
+    device = set_up(cfg)
     trackers = Trackers.from_config(cfg, member.run_dir, *member.tracker_identity)
     key = OmegaConf.to_yaml(cfg.dataset) + str(device)
     if key not in data:

@@ -68,12 +68,7 @@ def train_run(cfg: DictConfig, run_dir: Path | None = None,
 def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | None,
            tracker_identity: tuple[str | None, int | None],
            resume: tuple[str, dict] | None) -> float:
-    validate(cfg)
-    device = resolve_device(cfg.trainer.device)
-    threads = cpu_threads(cfg.trainer.threads)
-    if threads:
-        torch.set_num_threads(threads)
-    torch.manual_seed(cfg.trainer.seed)
+    device = set_up(cfg)
     # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
     trackers = Trackers.from_config(cfg, record and record.run_dir, *tracker_identity)
 
@@ -139,6 +134,18 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                  f"({kept.val_accuracy:.2%})")
     log.info(f"test accuracy: {kept.test_accuracy:.2%}")
     return objective
+
+
+def set_up(cfg: DictConfig) -> torch.device:
+    """What every run does before it builds anything: the config checked, its device, torch's
+    threads, and the seed its initialisation and random streams start from. The device."""
+    validate(cfg)
+    device = resolve_device(cfg.trainer.device)
+    threads = cpu_threads(cfg.trainer.threads)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(cfg.trainer.seed)
+    return device
 
 
 def in_sweep() -> bool:
