@@ -20,6 +20,10 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here and in commands
 
 import runpy  # noqa: E402
+import shutil  # noqa: E402
+import socket  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 from collections.abc import Iterator  # noqa: E402
@@ -33,6 +37,7 @@ from omegaconf import DictConfig  # noqa: E402
 from mlp_sweep.training.idx import write_idx  # noqa: E402
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"  # the configs as a checkout holds them
+SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 # Small real subsets keep an end-to-end run to a few seconds.
 QUICK = ["trainer.epochs=1", "trainer.progress=false",
@@ -193,3 +198,45 @@ def small_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_data")
     write_fashion_mnist(root, 2000, 500, learnable=True)
     return root
+
+
+@pytest.fixture(scope="session")
+def postgres_url():
+    """A real PostgreSQL server on 127.0.0.1: the one `.ci/run` started, else one started here."""
+    if os.environ.get("MLP_SWEEP_TEST_POSTGRES"):
+        yield os.environ["MLP_SWEEP_TEST_POSTGRES"]
+        return
+    # Not under pytest's private temporary folder: the server runs as the postgres user.
+    folder = tempfile.mkdtemp(prefix="mlp_sweep_postgres_")
+    port = 55433 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))  # one each
+    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", folder, str(port)],
+                         capture_output=True, text=True, check=True).stdout.strip()
+    yield url
+    subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", folder], check=True)
+    shutil.rmtree(folder)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint(tmp_path_factory) -> Iterator[str]:
+    """A local S3-compatible server (moto's) on 127.0.0.1, for the S3 artifact store: its URL.
+    Started here, stopped by its process id."""
+    with socket.socket() as probe:  # a free port
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("s3") / "server.log").open("w")
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.time() + 60
+    while time.time() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            break
+        time.sleep(0.1)
+    else:
+        server.kill()
+        raise RuntimeError(f"moto's S3 server did not start on port {port}")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.kill(server.pid, 15)
+        server.wait(timeout=30)
+        log.close()

@@ -1,10 +1,11 @@
-"""Experiment trackers (conf/logger/): what a run logs to TensorBoard, MLflow and CSV, read back
-with each tool's own reader, first from the trackers alone, then from the command line."""
+"""Experiment trackers (conf/logger/): what a run logs to TensorBoard, MLflow, W&B and CSV, read
+back with each tool's own reader, first from the trackers alone, then from the command line."""
 
 import csv
 import json
 import multiprocessing
 import os
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +17,7 @@ from mlflow import MlflowClient
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 from tensorboard.plugins.hparams.api_pb2 import Status
+from wandb.proto.wandb_internal_pb2 import Record
 
 from mlp_sweep.errors import ConfigError
 from mlp_sweep.sweeping.storage import load_study
@@ -80,6 +82,43 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
     return [(m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)]
 
 
+def wandb_run(run_dir: Path) -> dict:
+    """What an offline W&B run wrote under `run_dir`/wandb: its run record, config, history rows
+    (step -> values), final summary and exit code, decoded from its transaction log with W&B's
+    own record protobuf (the log is LevelDB's format: 32 KiB blocks of checksummed chunks)."""
+    [log_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    data = log_file.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pending, offset = [], b"", 7
+    while offset + 7 <= len(data):
+        if (left := 32768 - offset % 32768) < 7:  # a block's tail too short for a chunk header
+            offset += left
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+        pending += data[offset + 7:offset + 7 + length]
+        offset += 7 + length
+        if kind in (1, 4):  # a whole record, or the last chunk of one
+            records.append(Record.FromString(pending))
+            pending = b""
+
+    def values(items) -> dict:
+        return {item.key or ".".join(item.nested_key): json.loads(item.value_json)
+                for item in items}
+
+    run = next(r.run for r in records if r.WhichOneof("record_type") == "run")
+    summary: dict = {}
+    for record in records:
+        if record.WhichOneof("record_type") == "summary":
+            summary.update(values(record.summary.update))
+    return {"run": run, "config": values(run.config.update),
+            "history": {r.history.step.num: {k: v for k, v in values(r.history.item).items()
+                                             if not k.startswith("_")}
+                        for r in records if r.WhichOneof("record_type") == "history"},
+            "summary": summary,
+            "exit_code": next(r.exit.exit_code for r in records
+                              if r.WhichOneof("record_type") == "exit")}
+
+
 def csv_rows(path: Path) -> list[dict[str, str]]:
     with path.open(newline="") as file:
         return list(csv.DictReader(file))
@@ -115,6 +154,36 @@ def test_a_completed_run_reads_back_from_all_three_trackers(tmp_path, tracking_u
 
     rows = csv_rows(tmp_path / "metrics.csv")
     assert [{k: float(v) for k, v in row.items()} for row in rows] == [vars(m) for m in EPOCHS]
+
+
+def test_a_trial_reads_back_from_wandb_offline(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config("logger=wandb", "optimizer=sgd", "optimizer.lr=0.05")
+    log_run(cfg, tmp_path, EPOCHS, 0.8125, "completed", study_name="course_unit", trial_number=7)
+
+    written = wandb_run(tmp_path)
+    run = written["run"]
+    assert (run.project, run.run_group, run.display_name) == ("mlp_sweep", "course_unit", "7")
+    assert written["config"]["optimizer.lr"] == cfg.optimizer.lr
+    assert written["config"]["optimizer._target_"] == "torch.optim.SGD"
+    assert written["config"]["model.hidden_sizes"] == list(cfg.model.hidden_sizes)
+    assert written["history"] == {m.epoch: {name: pytest.approx(getattr(m, name))
+                                            for name in MEASURED} for m in EPOCHS}
+    assert written["summary"]["objective"] == 0.8125
+    assert (written["summary"]["state"], written["exit_code"]) == ("completed", 0)
+    assert (written["summary"]["trial"], written["summary"]["run_dir"]) == ("7", str(tmp_path))
+
+
+@pytest.mark.parametrize("state, exit_code", [("pruned", 0), ("failed", 1)])
+def test_a_wandb_run_that_stops_early_says_so_in_its_summary(tmp_path, monkeypatch, state,
+                                                             exit_code):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_config("logger=wandb", "logger.wandb.group=stopped")
+    log_run(cfg, tmp_path, EPOCHS[:1], None, state)
+    written = wandb_run(tmp_path)
+    assert (written["run"].run_group, written["run"].display_name) == ("stopped", tmp_path.name)
+    assert (written["summary"]["state"], written["exit_code"]) == (state, exit_code)
+    assert "objective" not in written["summary"] and list(written["history"]) == [1]
 
 
 @pytest.mark.parametrize("state, mlflow_status, tensorboard_status", [
@@ -181,7 +250,13 @@ def test_bad_tracker_values_are_one_config_error():
         validate(compose_config("logger=mlflow", "logger.mlflow.tracking_uri=5"))
     with pytest.raises(ConfigError, match="writes into the run folder"):
         Trackers.from_config(compose_config("logger=tensorboard"), run_dir=None)
-    validate(compose_config("logger=[tensorboard,mlflow,csv]"))  # the shipped settings pass
+    with pytest.raises(ConfigError, match=r"^logger.wandb.mode='cloud' is not allowed; "
+                                          "allowed: online, offline, disabled$"):
+        validate(compose_config("logger=wandb", "logger.wandb.mode=cloud"))
+    with pytest.raises(ConfigError, match=r"^logger.wandb.project=None is not allowed; "):
+        validate(compose_config("logger=wandb", "logger.wandb.project=null"))
+    # the shipped settings pass
+    validate(compose_config("logger=[tensorboard,mlflow,wandb,csv]"))
 
 
 def test_the_logger_is_not_a_study_setting():
@@ -220,13 +295,14 @@ SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_lim
 
 
 @pytest.mark.slow
-def test_a_two_trial_search_reads_back_in_tensorboard_and_mlflow(tmp_path, mnist_root):
+def test_a_two_trial_search_reads_back_in_every_tracker(tmp_path, mnist_root, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
     storage, tracking = f"sqlite:///{tmp_path}/optuna.db", f"sqlite:///{tmp_path}/mlruns.db"
     result = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
                       f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=2",
                       "trainer.epochs=2", "dataset.val_size=1000", *SMALL,
-                      "logger=[tensorboard,mlflow,csv]", f"logger.mlflow.tracking_uri={tracking}",
-                      cwd=tmp_path)
+                      "logger=[tensorboard,mlflow,wandb,csv]",
+                      f"logger.mlflow.tracking_uri={tracking}", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     trials = load_study("course_mnist", storage).get_trials()
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
@@ -259,6 +335,15 @@ def test_a_two_trial_search_reads_back_in_tensorboard_and_mlflow(tmp_path, mnist
         assert start.hparams["activation._target_"].string_value.startswith("torch.nn.")
         assert end.status == Status.STATUS_SUCCESS
 
+        written = wandb_run(run_dir)
+        assert (written["run"].run_group, written["run"].display_name) == (
+            "course_mnist", str(trial.number))
+        assert written["config"]["optimizer.lr"] == trial.params["optimizer.lr"]
+        assert written["history"] == {e["epoch"]: {name: e[name] for name in MEASURED}
+                                      for e in epochs}
+        assert written["summary"]["objective"] == trial.value
+        assert (written["summary"]["state"], written["exit_code"]) == ("completed", 0)
+
         rows = csv_rows(run_dir / "metrics.csv")
         # metrics.json also says when each epoch ended; the trackers have their own clocks.
         assert [{k: float(v) for k, v in row.items()} for row in rows] == [
@@ -280,14 +365,15 @@ def test_a_single_run_logs_its_epochs_to_csv(tmp_path, mnist_root):
 
 
 @pytest.mark.slow
-def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path):
-    # An environment where `import mlflow` fails, as it does without the extra.
-    missing = tmp_path / "without_mlflow" / "mlflow"
+@pytest.mark.parametrize("module, library", [("mlflow", "MLflow"), ("wandb", "W&B")])
+def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path, module, library):
+    # An environment where `import MODULE` fails, as it does without the extra.
+    missing = tmp_path / "without" / module
     missing.mkdir(parents=True)
     (missing / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'mlflow'\", name='mlflow')\n")
+        f"raise ModuleNotFoundError(\"No module named '{module}'\", name='{module}')\n")
     result = subprocess.run(
-        [sys.executable, "-m", "mlp_sweep.train", "logger=[tensorboard,mlflow,csv]",
+        [sys.executable, "-m", "mlp_sweep.train", f"logger=[tensorboard,{module},csv]",
          f"dataset.root={tmp_path / 'data'}", "trainer.progress=false"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
         env={**os.environ, "PYTHONPATH": str(missing.parent)})
@@ -295,10 +381,10 @@ def test_a_missing_extra_is_one_line_naming_the_install_command(tmp_path):
     assert result.returncode == 1, output
     errors = [line for line in output.splitlines() if "ERROR" in line]
     assert len(errors) == 1 and errors[0].endswith(
-        "Error: logger=mlflow needs MLflow (No module named 'mlflow'); "
-        "install it with: pip install -e '.[mlflow]'"), output
+        f"Error: logger={module} needs {library} (No module named '{module}'); "
+        f"install it with: pip install -e '.[{module}]'"), output
     assert "Traceback" not in output
     [run_dir] = (tmp_path / "outputs").glob("*/*")
     assert not (run_dir / "tensorboard").exists() and not (run_dir / "metrics.csv").exists()
-    assert not (tmp_path / "mlruns.db").exists()
+    assert not (tmp_path / "mlruns.db").exists() and not (run_dir / "wandb").exists()
     assert not (tmp_path / "data").exists()  # stopped before reading any data

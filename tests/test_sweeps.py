@@ -9,7 +9,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -30,7 +29,6 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 SMALL = ["trainer.progress=false", "dataset.train_limit=3000", "dataset.test_limit=1000",
          "dataset.val_size=1000"]
-SCRIPTS = Path(__file__).resolve().parents[1] / "scripts"
 
 
 def sweep_args(mnist_root, storage: str, n_trials: int, *extra: str) -> list[str]:
@@ -206,22 +204,6 @@ def test_two_async_workers_share_one_journal_study(tmp_path, mnist_root):
         cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert_each_trial_once(storage, "course_mnist", 8, workers=2)
-
-
-@pytest.fixture(scope="module")
-def postgres_url():
-    """A real PostgreSQL server on 127.0.0.1: the one `.ci/run` started, else one started here."""
-    if os.environ.get("MLP_SWEEP_TEST_POSTGRES"):
-        yield os.environ["MLP_SWEEP_TEST_POSTGRES"]
-        return
-    # Not under pytest's private temporary folder: the server runs as the postgres user.
-    folder = tempfile.mkdtemp(prefix="mlp_sweep_postgres_")
-    port = 55433 + int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw"))  # one each
-    url = subprocess.run([str(SCRIPTS / "postgres.sh"), "start", folder, str(port)],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    yield url
-    subprocess.run([str(SCRIPTS / "postgres.sh"), "stop", folder], check=True)
-    shutil.rmtree(folder)
 
 
 def test_three_workers_cooperate_on_one_postgresql_study(tmp_path, mnist_root, postgres_url):

@@ -33,6 +33,35 @@ def best_trial_dir(sweep_dir: Path) -> Path:
     return max(completed, key=lambda r: r.metrics[r.metrics["objective"]]).folder
 
 
+def best_trial_of_study(study_name: str, storage: str) -> Path:
+    """The folder, on this host, of the best completed trial of the study `study_name` in
+    `storage`: its own when it is here, else fetched from the sweep's artifact store."""
+    from mlp_sweep.sweeping.artifacts import local_run_dir
+    from mlp_sweep.sweeping.results import best_of
+    from mlp_sweep.sweeping.storage import load_study
+    from mlp_sweep.sweeping.warm_start import own_trials
+
+    try:
+        study = load_study(study_name, storage)
+    except KeyError:
+        raise UserError(f"--study {study_name!r} is not in {storage}; allowed: a study that "
+                        "storage holds") from None
+    best = best_of(study, own_trials(study))
+    if best is None:
+        raise UserError(f"study {study_name!r} has no completed trial to refit (or several "
+                        "objectives); allowed: a study with a best trial")
+    folder = local_run_dir(study_name, best, with_model=True)
+    if folder is None:
+        from mlp_sweep.sweeping import trial_attrs
+
+        raise UserError(f"the best trial {best.number} of study {study_name!r} ran in "
+                        f"{trial_attrs.run_dir(best)} ({trial_attrs.worker(best)}), which is "
+                        "not on this host, and its files are in no artifact store reachable "
+                        "from here; allowed: a sweep run with hydra.sweeper.artifacts=URL, or "
+                        "the refit on the host that trained it")
+    return folder
+
+
 def refit(trial_dir: Path, seeds: int, out_dir: Path) -> dict:
     """Train `trial_dir`'s config on train + validation with seeds 0..seeds-1; the summary."""
     from mlp_sweep.training.run import train_run  # imports torch: after the arguments are checked

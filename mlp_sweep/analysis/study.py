@@ -44,13 +44,13 @@ class StudyRecord:
     importances: dict | None = None  # parameter -> importance, most important first
     importances_note: str = ""       # why there are none, when there are none
     refit: dict | None = None        # refit.json, when python -m mlp_sweep.refit ran on the sweep
+    _local_folders: dict | None = field(default=None, repr=False)
 
     def apply_states(self, runs: list[Run]) -> None:
         """Give each run of this sweep the state its trial has in the study."""
         from mlp_sweep.sweeping.optuna_compat import retried_from  # trials come from Optuna
 
-        by_folder = {trial_attrs.run_dir(t).resolve(): t for t in self.trials
-                     if trial_attrs.run_dir(t)}
+        by_folder = {folder.resolve(): t for folder, t in self.local_folders().items()}
         retried_as = {n: t.number for t in self.trials for n in retried_from(t)}
         for run in runs:
             trial = by_folder.get(run.folder.resolve())
@@ -62,9 +62,18 @@ class StudyRecord:
                              f"{retried_as[trial.number]}")
 
     def run_dirs(self) -> list[Path]:
-        """The job folders of the study's trials that still exist, from every sweep that ran it."""
-        folders = [trial_attrs.run_dir(t) for t in self.trials if trial_attrs.run_dir(t)]
-        return [f for f in folders if (f / ".hydra" / "config.yaml").is_file()]
+        """The job folders of the study's trials, from every sweep and host that ran it."""
+        return list(self.local_folders())
+
+    def local_folders(self) -> dict[Path, object]:
+        """{folder on this host: trial}: each trial's own folder where it exists, else its files
+        fetched from the sweep's artifact store (artifacts.py); trials with neither left out."""
+        if self._local_folders is None:
+            from mlp_sweep.sweeping.artifacts import local_run_dir  # imports optuna's
+
+            found = ((local_run_dir(self.name, t), t) for t in self.trials)
+            self._local_folders = {folder: t for folder, t in found if folder is not None}
+        return self._local_folders
 
     def history(self, runs: list[Run], metric: str) -> list[tuple[int, float | None]]:
         """(trial number, value) in trial order: from the study when stored, else from the

@@ -13,6 +13,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.files import load_yaml, write_yaml
 from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.artifacts import local_run_dir
 from mlp_sweep.sweeping.warm_start import own_trials
 
 log = logging.getLogger(__name__)
@@ -33,7 +34,7 @@ def write_results(study: optuna.Study, sweep_dir: Path) -> dict | None:
     OmegaConf.save(OmegaConf.create({"name": "optuna", "best_params": best.params,
                                      "best_value": best.value}),
                    sweep_dir / "optimization_results.yaml")
-    record = {**trial_record(best), "value": best.value}
+    record = {**trial_record(best, study.study_name), "value": best.value}
     write_yaml(sweep_dir / "best.yaml", record)
     log.info(f"Best trial {best.number}: {best.value} in {trial_attrs.run_dir(best)}; "
              f"written to {sweep_dir}/best.yaml")
@@ -49,7 +50,8 @@ def _write_pareto_front(study: optuna.Study, sweep_dir: Path) -> None:
         sweep_dir / "optimization_results.yaml")
     write_yaml(sweep_dir / "best.yaml", {
         "directions": [d.name.lower() for d in study.directions],
-        "pareto_front": [{**trial_record(t), "values": t.values} for t in front],
+        "pareto_front": [{**trial_record(t, study.study_name), "values": t.values}
+                         for t in front],
     })
     log.info(f"Pareto front of {len(front)} trial(s) written to {sweep_dir}/best.yaml")
 
@@ -69,11 +71,16 @@ def better_of(study: optuna.Study):
     return max if study.direction == optuna.study.StudyDirection.MAXIMIZE else min
 
 
-def trial_record(trial: FrozenTrial) -> dict:
-    """A trial as best.yaml shows it: number, folder, params, the command and config of its run."""
-    run_dir = trial_attrs.run_dir(trial) or Path()
+def trial_record(trial: FrozenTrial, study_name: str) -> dict:
+    """A trial as best.yaml shows it: number, folder, params, the command and config of its run.
+    The folder is one on this host: the trial's own, or its files fetched from the sweep's
+    artifact store when another host trained it (then `trained_in` names the original)."""
+    trained_in = trial_attrs.run_dir(trial) or Path()
+    run_dir = local_run_dir(study_name, trial, with_model=True) or trained_in
     overrides = load_yaml(run_dir / ".hydra" / "overrides.yaml") or []
-    return {"trial": trial.number, "run_dir": str(run_dir), "params": trial.params,
+    moved = {} if run_dir == trained_in else {
+        "trained_in": f"{trained_in} ({trial_attrs.worker(trial) or 'another host'})"}
+    return {"trial": trial.number, "run_dir": str(run_dir), **moved, "params": trial.params,
             "command": command_line(app_command(), overrides),
             "config": load_yaml(run_dir / ".hydra" / "config.yaml")}
 

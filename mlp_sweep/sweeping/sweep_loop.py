@@ -27,8 +27,9 @@ from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 from optuna.trial import TrialState
 
-from mlp_sweep.errors import UserError
+from mlp_sweep.errors import UserError, first_line
 from mlp_sweep.sweeping import resume, trial_attrs
+from mlp_sweep.sweeping.artifacts import checked_store, upload_run
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_result,
                                               write_job_files)
@@ -60,6 +61,7 @@ class SweepLoop:
         # Per trial number: the folders of the earlier attempts a trial runs again, the latest
         # first (empty for a first attempt), read once when it is asked
         self.earlier_folders: dict[int, tuple[str, ...]] = {}
+        self.store = None  # the artifact store, once checked (hydra.sweeper.artifacts)
 
     def run(self, arguments: list[str]) -> None:
         started = time.monotonic()
@@ -80,6 +82,8 @@ class SweepLoop:
             self.n_trials = min(self.n_trials, grid_size(grid))
             log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
 
+        if settings.artifacts:
+            self.store = checked_store(settings.artifacts)
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
         check_same_settings(study, study_settings(self.config, space), settings.storage)
@@ -237,6 +241,7 @@ class SweepLoop:
                 except ValueError as error:
                     trial.set_user_attr(trial_attrs.UNRECORDABLE, True)
                     state = self._failed(trial, error)
+        self._upload(trial)
         try:
             study.tell(trial, values, state=state)
         except RuntimeError as error:
@@ -244,6 +249,18 @@ class SweepLoop:
             # Optuna reports that as this error, after recording the trial.
             if "Study.stop" not in str(error):
                 raise
+
+    def _upload(self, trial: optuna.Trial) -> None:
+        """The ended trial's run files to the artifact store, if the sweep has one. A store that
+        fails now costs the trial its remote copy, not its result."""
+        if self.store is None:
+            return
+        folder = trial_attrs.run_dir(trial)
+        try:
+            upload_run(self.store, self.settings.artifacts, trial, folder)
+        except Exception as error:
+            log.warning(f"Trial {trial.number}: its files in {folder} could not be uploaded to "
+                        f"{self.settings.artifacts} ({first_line(error)}); they stay on this host")
 
     def _failed(self, trial: optuna.Trial, error: BaseException) -> TrialState:
         if isinstance(error, optuna.TrialPruned):  # a task may raise it instead of returning it

@@ -16,6 +16,7 @@ from optuna.distributions import (BaseDistribution, CategoricalDistribution, Flo
                                   IntDistribution)
 
 from mlp_sweep.errors import UserError, first_line
+from mlp_sweep.sweeping.artifacts import canonical_url
 from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
 from mlp_sweep.sweeping.storage import Heartbeat
 from mlp_sweep.values import is_number
@@ -54,6 +55,7 @@ class SweepSettings:
     progress: Any
     fuse: int = 1                 # trials per job (fused_groups.py)
     fuse_by: tuple[str, ...] = () # the params a job's trials share
+    artifacts: str | None = None  # the artifact store's canonical URL (artifacts.py)
 
     @classmethod
     def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
@@ -74,7 +76,8 @@ class SweepSettings:
             timeout=raw.get("timeout"), on_timeout=raw.get("on_timeout", "finish"),
             heartbeat=heartbeat, enqueue_trials=raw.get("enqueue_trials"),
             warm_start=raw.get("warm_start"), progress=raw["progress"],
-            fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()))
+            fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()),
+            artifacts=canonical_url(raw["artifacts"]) if raw.get("artifacts") else None)
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:

@@ -106,6 +106,10 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # The searched keys a job's trials share (what the app cannot stack: the model's shape, the
     # batch size); the sampler chooses the rest per trial.
     fuse_by: Any = field(default_factory=list)
+    # Optuna's artifact store for the trials' run files (model.pt, metrics.json, config): a
+    # folder every host reaches, or s3://BUCKET; null keeps them on the disk that trained them.
+    # refit, compare and best.yaml fetch a folder that is not on their host from it.
+    artifacts: Any = None
 
 
 @dataclass

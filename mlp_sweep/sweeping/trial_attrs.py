@@ -18,6 +18,7 @@ SURPLUS = "surplus"            # a FAIL trial asked beyond n_trials by a racing 
 IMPORTED = "imported_from"     # "study#number" a warm start copied it from
 TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
 RESUMED_AFTER = "resumed_after"  # the epoch (step) its job went on from, an earlier attempt's
+ARTIFACTS = "artifacts"        # {"store": URL, "files": {relative path: artifact id}} (artifacts.py)
 
 PRUNED_BY_PRUNER, PRUNED_BY_BUDGET = "pruner", "budget"
 
@@ -52,6 +53,12 @@ def is_uncounted_failure(trial: Any) -> bool:
 
 def resumed_after(trial: Any) -> int | None:
     return trial.user_attrs.get(RESUMED_AFTER)
+
+
+def artifacts(trial: Any) -> dict | None:
+    """The store and artifact ids of the run files uploaded when the trial ended; None when
+    none were."""
+    return trial.user_attrs.get(ARTIFACTS)
 
 
 def imported_from(trial: Any) -> str | None:

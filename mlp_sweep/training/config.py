@@ -174,13 +174,24 @@ def _validate_augment(augment: DictConfig) -> None:
                               f"allowed: 0 <= {key} < {bound}")
 
 
+# Tracker settings that may be null: W&B's own default then applies.
+OPTIONAL_TRACKER_SETTINGS = {("wandb", "entity"), ("wandb", "mode"), ("wandb", "group"),
+                             ("wandb", "dir")}
+WANDB_MODES = ("online", "offline", "disabled")
+
+
 def _validate_logger(logger: DictConfig | None) -> None:
     # Every tracker setting (conf/logger/) is a path, a URI or a name.
     for tracker, settings in (logger or {}).items():
         for key, value in (settings or {}).items():
+            if value is None and (tracker, key) in OPTIONAL_TRACKER_SETTINGS:
+                continue
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"logger.{tracker}.{key}={value!r} is not allowed; "
                                   "allowed: a non-empty string")
+    mode = (logger or {}).get("wandb", {}).get("mode")
+    if mode is not None:
+        _one_of("logger.wandb.mode", mode, WANDB_MODES)
 
 
 def _positive_int(key: str, value: object, allow_zero: bool = False) -> None:

@@ -1,5 +1,6 @@
 """Experiment trackers: a run's hyperparameters, per-epoch metrics and final result, sent to
-TensorBoard, MLflow or a CSV file as `cfg.logger` chooses (conf/logger/; several at once).
+TensorBoard, MLflow, Weights & Biases or a CSV file as `cfg.logger` chooses (conf/logger/;
+several at once).
 
 Each tracker's library is imported only when the config chooses it, so the extras stay optional;
 a missing one stops the run with the command that installs it, before any tracker writes a file.
@@ -32,7 +33,8 @@ STATES = ("completed", "pruned", "failed")
 
 # logger option -> (module to import, library name, pip extra)
 EXTRAS = {"tensorboard": ("torch.utils.tensorboard", "TensorBoard", "tensorboard"),
-          "mlflow": ("mlflow", "MLflow", "mlflow")}
+          "mlflow": ("mlflow", "MLflow", "mlflow"),
+          "wandb": ("wandb", "W&B", "wandb")}
 
 
 class Trackers:
@@ -48,8 +50,8 @@ class Trackers:
         """The trackers `cfg.logger` names, not started yet (nothing is written).
 
         `study_name` and `trial_number` are set when an Optuna sweep runs this job: the MLflow run
-        goes to the study's experiment, tagged with the trial number. Raises MissingExtraError
-        when a tracker's library is not installed."""
+        goes to the study's experiment, the W&B run to the study's group, each named by the trial
+        number. Raises MissingExtraError when a tracker's library is not installed."""
         logger = cfg.get("logger")
         chosen = OmegaConf.to_container(logger, resolve=True) if logger else {}
         for name in chosen:
@@ -59,15 +61,21 @@ class Trackers:
                               "run has none; allowed: a run through the command line, or "
                               "train(cfg, run_dir=...)")
         trackers: list[Tracker] = []
+        if trial_number is not None:
+            run_name = str(trial_number)
+        else:
+            run_name = run_dir.name if run_dir else None  # None: the tracker makes up a name
+        tags = {"trial": trial_number, "run_dir": run_dir}
         if "mlflow" in chosen:  # first: its store is the likeliest to refuse a start
             settings = chosen["mlflow"]
-            if trial_number is not None:
-                run_name = str(trial_number)
-            else:
-                run_name = run_dir.name if run_dir else None  # None: MLflow makes up a name
             trackers.append(MLflowTracker(
                 settings["tracking_uri"], study_name or settings["experiment_name"], run_name,
-                {"trial": trial_number, "run_dir": run_dir}))
+                tags))
+        if "wandb" in chosen:
+            settings = chosen["wandb"]
+            files_dir = Path(settings["dir"]) if settings["dir"] else run_dir
+            trackers.append(WandbTracker(settings, files_dir, study_name or settings["group"],
+                                         run_name, tags))
         if "tensorboard" in chosen:
             trackers.append(TensorBoardTracker(run_dir / chosen["tensorboard"]["save_dir"]))
         if "csv" in chosen:
@@ -230,6 +238,50 @@ class MLflowTracker(Tracker):
             self.client.log_metric(self.run_id, "objective", objective, step=last_epoch)
         self.client.set_tag(self.run_id, "state", state)
         self.client.set_terminated(self.run_id, status=self.STATUS[state])
+
+
+class WandbTracker(Tracker):
+    """One W&B run: the config, per-epoch metrics (step = epoch), the objective and state in its
+    summary; a sweep's trials in the study's group, each named by its trial number."""
+
+    name = "wandb"
+
+    def __init__(self, settings: dict[str, Any], files_dir: Path | None, group: str | None,
+                 run_name: str | None, tags: dict[str, Any]) -> None:
+        self.settings = settings
+        self.files_dir = files_dir
+        self.group = group
+        self.run_name = run_name
+        self.tags = {key: str(value) for key, value in tags.items() if value is not None}
+        self.where = f"W&B project {settings['project']!r}"
+
+    def start(self, hyperparameters: dict[str, Any]) -> None:
+        import wandb
+
+        if self.files_dir is not None:
+            self.files_dir.mkdir(parents=True, exist_ok=True)
+        # create_new: fused trials train in one process, each with its own run open at once.
+        # console="off": the run's log and progress line stay this program's, not captured twice.
+        self.run = wandb.init(
+            project=self.settings["project"], entity=self.settings["entity"],
+            mode=self.settings["mode"], group=self.group, name=self.run_name,
+            dir=str(self.files_dir) if self.files_dir else None, config=hyperparameters,
+            reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        self.run.summary.update({"state": "running", **self.tags})
+        folder = Path(self.run.dir).absolute().parent  # the run's own, beside files/
+        if self.run.settings.mode == "online":
+            self.where = f"{self.run.url} (local files: {folder})"
+        else:  # asking an offline run for its url only warns
+            self.where = f"{folder}, offline: `wandb sync {folder}` uploads it"
+
+    def log_epoch(self, metrics: EpochMetrics) -> None:
+        self.run.log(epoch_values(metrics), step=metrics.epoch)
+
+    def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
+        if objective is not None:
+            self.run.summary["objective"] = objective
+        self.run.summary["state"] = state
+        self.run.finish(exit_code=1 if state == "failed" else 0)
 
 
 class CsvTracker(Tracker):
