@@ -50,17 +50,19 @@ def study_exists(database: Path) -> bool:
         return False
 
 
-def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
+def test_resume_after_kill_9_keeps_every_finished_trial_and_goes_on_with_the_killed_one(
+        tmp_path, mnist_root):
     storage, n_trials = f"sqlite:///{tmp_path}/optuna.db", 6
-    args = sweep_args(mnist_root, storage, n_trials, "trainer.epochs=3", "dataset.train_limit=6000",
+    args = sweep_args(mnist_root, storage, n_trials, "trainer.epochs=4", "dataset.train_limit=6000",
                       "hydra/sweeper/pruner=none", "hydra.sweeper.fuse=1")
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 240
-    while time.time() < deadline:  # kill it while a labelled trial is running
+    while time.time() < deadline:  # kill it in a trial's third epoch: its first one checkpointed
         trials = trials_of(storage) if study_exists(tmp_path / "optuna.db") else []
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
-        running = [t for t in trials if t.state == TrialState.RUNNING and "run_dir" in t.user_attrs]
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and len(t.intermediate_values) >= 2]
         if len(complete) >= 2 and running:
             break
         time.sleep(0.05)
@@ -81,8 +83,17 @@ def test_resume_after_kill_9_keeps_every_finished_trial(tmp_path, mnist_root):
         assert Path(trial.user_attrs["run_dir"], "metrics.json").read_bytes() == metrics_before[number]
     # The resumed sampler does not replay the start-up points already in the study.
     assert len({tuple(sorted(t.params.items())) for t in finished}) == n_trials
-    interrupted = [t for t in after if t.user_attrs.get("interrupted")]
-    assert len(interrupted) <= 1 and all(t.state == TrialState.FAIL for t in interrupted)
+    [killed] = [t for t in after if t.user_attrs.get("interrupted")]
+    assert killed.state == TrialState.FAIL and killed.number not in {t.number for t in finished}
+    # Run again with its params, from its last checkpoint, its earlier epochs reported again.
+    [retry] = [t for t in finished if t.system_attrs.get("retry_history") == [killed.number]]
+    assert retry.params == killed.params
+    resumed_after = retry.user_attrs["resumed_after"]
+    assert 1 <= resumed_after <= len(killed.intermediate_values)
+    assert [retry.intermediate_values[e] for e in range(1, resumed_after + 1)] == \
+        [killed.intermediate_values[e] for e in range(1, resumed_after + 1)]
+    log = Path(retry.user_attrs["run_dir"], "train.log").read_text()
+    assert f"going on from {killed.user_attrs['run_dir']} after its epoch {resumed_after}" in log
     run_dirs = [t.user_attrs["run_dir"] for t in after]
     assert len(set(run_dirs)) == len(after)  # no folder shared, none overwritten
     sweeps = sorted({Path(d).parent for d in run_dirs})
@@ -344,10 +355,10 @@ def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path,
         [sys.executable, "-m", "mlp_sweep.train", *args, "hydra.sweeper.sampler.seed=2"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     victim = None
-    while victim is None and time.time() < deadline:  # kill it in the middle of its trial
+    while victim is None and time.time() < deadline:  # kill it after its checkpointed epoch 1
         running = [t for t in watched.get_trials(deepcopy=False) if t.state == TrialState.RUNNING
                    and str(t.user_attrs.get("worker", "")).startswith("other-host:")
-                   and t.intermediate_values]
+                   and len(t.intermediate_values) >= 2]
         victim = running[0] if running else None
         time.sleep(0.05)
     assert victim is not None
@@ -362,6 +373,7 @@ def test_the_last_live_worker_waits_to_retry_a_dead_workers_last_trial(tmp_path,
     assert len(finished) == 2 and all(t.state == TrialState.COMPLETE for t in finished), finished
     [retry] = [t for t in finished if victim.number in t.system_attrs.get("retry_history", ())]
     assert retry.params == victim.params and retry.user_attrs["worker"] != victim.user_attrs["worker"]
+    assert retry.user_attrs["resumed_after"] >= 1  # from the dead worker's checkpoint
 
 
 @pytest.mark.slow  # workers, one killed

@@ -2,7 +2,8 @@
 trials whose worker is gone.
 
 - A trial left RUNNING by a sweep process killed on this host is failed as `interrupted` and not
-  counted, so the sweep that resumes runs it again.
+  counted, and queued again with its params (up to `max_retry` times), as Optuna's heartbeat
+  callback queues a stale one: the retry goes on from the last checkpoint the trial left.
 - With heartbeats (RDB storages), a trial whose worker on any host went silent is failed by
   Optuna and queued again with its params; its retry is counted instead of it.
 - A trial asked beyond `n_trials` in a race between workers is failed as `surplus`.
@@ -15,10 +16,12 @@ import socket
 import time
 
 import optuna
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.sweeping import trial_attrs
-from mlp_sweep.sweeping.optuna_compat import record_heartbeat, retried_from, set_user_attr
+from mlp_sweep.sweeping.optuna_compat import (record_heartbeat, retried_from, set_user_attr,
+                                              storage_of, trial_id)
 from mlp_sweep.sweeping.storage import Heartbeat
 from mlp_sweep.sweeping.warm_start import own_trials
 
@@ -66,10 +69,11 @@ def is_surplus(study: optuna.Study, trial: optuna.Trial, n_trials: int) -> bool:
     return True
 
 
-def fail_interrupted(study: optuna.Study) -> None:
+def fail_interrupted(study: optuna.Study, max_retry: int | None) -> None:
     """Trials still RUNNING whose worker process on this host is gone were killed with it;
     so were those never labelled with a worker (killed between ask and label) after a grace
-    period that a live worker needs far less than to label its trial."""
+    period that a live worker needs far less than to label its trial. Each is failed and queued
+    again with its params."""
     now = datetime.datetime.now()
     for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         worker_host, _, pid = trial_attrs.worker(trial).rpartition(":")
@@ -77,17 +81,40 @@ def fail_interrupted(study: optuna.Study) -> None:
         unlabelled = not trial_attrs.worker(trial) and trial.datetime_start is not None \
             and now - trial.datetime_start > UNLABELLED_GRACE
         if dead or unlabelled:
-            set_user_attr(study, trial, trial_attrs.INTERRUPTED, True)
-            study.tell(trial.number, state=TrialState.FAIL)
+            try:
+                set_user_attr(study, trial, trial_attrs.INTERRUPTED, True)
+                study.tell(trial.number, state=TrialState.FAIL)
+            except (UpdateFinishedTrialError, ValueError):  # a worker beside this one told it
+                # first (the storage refuses a second tell, or the study read it finished)
+                continue
+            again = queue_retry(study, trial, max_retry)
             log.warning(f"Trial {trial.number} was interrupted (worker {pid or '?'} is gone): "
-                        "recorded FAIL, not counted, its trial runs again")
+                        "recorded FAIL, not counted; "
+                        + ("queued again with its params, to go on from its last checkpoint"
+                           if again else f"not run again (max_retry={max_retry} reached)"))
 
 
-def attempts(study: optuna.Study, trial: FrozenTrial | optuna.Trial) -> list[FrozenTrial]:
-    """The earlier attempts `trial` runs again, the latest first (Optuna's heartbeat retry
-    history)."""
+def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None) -> bool:
+    """Queue `trial` to run again with its params, recorded as Optuna's heartbeat callback records
+    a retry (its retry history), so that both kinds read alike; False past `max_retry`."""
+    history = [*retried_from(trial), trial.number]
+    if max_retry is not None and len(history) > max_retry:
+        return False
+    study.add_trial(optuna.create_trial(
+        state=TrialState.WAITING, params=trial.params, distributions=trial.distributions,
+        system_attrs={**trial.system_attrs, "failed_trial": history[0],
+                      "retry_history": history}))
+    return True
+
+
+def attempts(study: optuna.Study, trial: optuna.Trial) -> list[FrozenTrial]:
+    """The earlier attempts `trial` runs again, the latest first (its retry history); the study's
+    other trials are read only for a retry."""
+    stored = storage_of(study).get_trial(trial_id(trial))  # with Optuna's records
+    if not retried_from(stored):
+        return []
     by_number = {t.number: t for t in study.get_trials(deepcopy=False)}
-    chain, current = [], by_number.get(trial.number, trial)  # as stored, with Optuna's records
+    chain, current = [], stored
     while True:
         earlier = retried_from(current)[-1] if retried_from(current) else None
         if earlier is None or earlier not in by_number:

@@ -87,7 +87,7 @@ class SweepLoop:
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
         check_same_settings(study, study_settings(self.config, space), settings.storage)
-        resume.fail_interrupted(study)
+        resume.fail_interrupted(study, settings.max_retry)
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
@@ -155,8 +155,8 @@ class SweepLoop:
         trial.set_user_attr(trial_attrs.RUN_DIR, str(sweep_dir / str(trial.number)))
         if resume.is_surplus(study, trial, self.n_trials):
             return None
-        # Only heartbeats retry a trial with its params: without them there is nothing to read.
-        self.earlier_folders[trial.number] = () if self.settings.heartbeat is None else tuple(
+        # A retry (its earlier attempt interrupted or stale) goes on from their checkpoints.
+        self.earlier_folders[trial.number] = tuple(
             str(trial_attrs.run_dir(t)) for t in resume.attempts(study, trial)
             if trial_attrs.run_dir(t))
         return trial

@@ -50,6 +50,7 @@ class SweepSettings:
     timeout: float | None
     on_timeout: str
     heartbeat: Heartbeat | None
+    max_retry: int | None         # runs of a trial again after it was interrupted or went stale
     enqueue_trials: Any
     warm_start: Any
     progress: Any
@@ -74,7 +75,8 @@ class SweepSettings:
             custom_search_space=instantiate({"_target_": extend, "_partial_": True},
                                             _execution_whitelist_=[extend]) if extend else None,
             timeout=raw.get("timeout"), on_timeout=raw.get("on_timeout", "finish"),
-            heartbeat=heartbeat, enqueue_trials=raw.get("enqueue_trials"),
+            heartbeat=heartbeat, max_retry=raw.get("max_retry", 3),
+            enqueue_trials=raw.get("enqueue_trials"),
             warm_start=raw.get("warm_start"), progress=raw["progress"],
             fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()),
             artifacts=canonical_url(raw["artifacts"]) if raw.get("artifacts") else None)

@@ -90,6 +90,8 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # Dead workers on any host (RDB storages): a running trial records a heartbeat every
     # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is
     # failed before the next trial is asked, and run again with its params up to max_retry times.
+    # A trial whose sweep process on this host was killed is run again the same way on resume;
+    # either retry goes on from the last epoch checkpoint its earlier attempt left.
     heartbeat_interval: Any = None
     grace_period: Any = None
     max_retry: Any = 3
