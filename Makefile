@@ -3,7 +3,8 @@
 # make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
 # make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1],
-#              make bench-warm-start, make bench-precision, make bench-fused - the benchmarks in benchmarks/ (bench-peers and the tests
+#              make bench-warm-start, make bench-precision, make bench-fused, make bench-checkpoints -
+#              the benchmarks in benchmarks/ (bench-peers and the tests
 #              also install the bench extra)
 PYTHON ?= python3
 VENV := .venv
@@ -42,7 +43,8 @@ WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
 
-.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision bench-fused
+.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision bench-fused \
+        bench-checkpoints
 bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
 	$(PY) benchmarks/bench.py
 
@@ -57,6 +59,9 @@ bench-precision: $(INSTALLED) ## trainer.precision=bf16 against fp32: epoch time
 
 bench-fused: $(INSTALLED)    ## fused trials and bf16 against trials alone in fp32: speed, stacks, 5-minute searches (about 70 minutes)
 	$(PY) benchmarks/fused.py
+
+bench-checkpoints: $(INSTALLED) ## a checkpoint after every epoch: its cost per epoch, and a kill's cost with and without (about 8 minutes)
+	$(PY) benchmarks/checkpoints.py
 
 bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)
 	$(PY) benchmarks/warm_start.py

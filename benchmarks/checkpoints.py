@@ -1,0 +1,162 @@
+"""What a checkpoint after every epoch costs, and what it saves when a trial is killed.
+
+    make bench-checkpoints   (= .venv/bin/python benchmarks/checkpoints.py; about 8 minutes)
+
+For the `optuna` preset's recipe, its 30-minute best's shape and its widest trials (4 x 2048,
+layer norm, AdamW), each trained as a trial trains (precision auto, batch 256, MNIST's 54000
+training images and 6000 for validation): EPOCHS epochs with trainer.checkpoint=true and false,
+interleaved, REPEATS times. Measured, in this process:
+- the wall time from one epoch's end to the next (training, evaluation, the checkpoint), median;
+- each checkpoint's save (written whole, then renamed) and its size; loading it back;
+Derived, and labelled so: what a kill at epoch K of a 27-epoch trial costs the search without
+checkpoints (the retry trains those K epochs again) and with them (the epoch under way, at most
+one, and the load).
+
+Writes benchmarks/results/checkpoints.{json,md}.
+"""
+
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+EPOCHS, REPEATS, TRIAL_EPOCHS = 3, 2, 27
+# (label, depth, width, norm): the preset's enqueued recipe, the 30-minute best's shape, its widest
+MODELS = (("2 x 256 (the preset's recipe)", 2, 256, "none"),
+          ("3 x 1105, layer norm (30-minute best)", 3, 1105, "layer"),
+          ("4 x 2048, layer norm (the space's widest)", 4, 2048, "layer"))
+
+
+def compose_trial(data: Path, depth: int, width: int, norm: str, checkpoint: bool):
+    from hydra import compose, initialize_config_module
+
+    with initialize_config_module(config_module="mlp_sweep.conf", version_base=None):
+        return compose(config_name="train", overrides=[
+            "hparams_search=optuna", f"dataset.root={data}", f"trainer.epochs={EPOCHS}",
+            f"model.depth={depth}", f"model.width={width}", f"model.norm={norm}",
+            "trainer.batch_size=256", "trainer.progress=false", f"trainer.checkpoint={checkpoint}"])
+
+
+class SaveTimer:
+    """Times each Checkpoints.save of this process, and keeps the size of what it wrote."""
+
+    def __init__(self) -> None:
+        from mlp_sweep.training.checkpoint import Checkpoints
+
+        self.seconds: list[float] = []
+        self.bytes = 0
+        original = Checkpoints.save
+
+        def timed(checkpoints, state):
+            start = time.perf_counter()
+            original(checkpoints, state)
+            self.seconds.append(time.perf_counter() - start)
+            self.bytes = checkpoints.current.stat().st_size
+
+        Checkpoints.save = timed
+
+
+def one_run(cfg, run_dir: Path) -> list[float]:
+    """Seconds from each epoch's end to the next one's (the first from the start)."""
+    from mlp_sweep.training.run import train_run
+
+    ends = [time.perf_counter()]
+    train_run(cfg, run_dir, on_epoch=lambda metrics: ends.append(time.perf_counter()))
+    return [b - a for a, b in zip(ends, ends[1:])]
+
+
+def load_seconds(run_dir: Path, cfg) -> float:
+    """A checkpoint of `cfg`'s run after its first epoch, loaded back: the median of 3 loads."""
+    from mlp_sweep.training.checkpoint import Checkpoints
+    from mlp_sweep.training.run import train_run
+
+    def stop_in_second_epoch(metrics) -> None:
+        if metrics.epoch == 2:  # told before epoch 2's checkpoint: epoch 1's is the newest
+            raise KeyboardInterrupt  # an interrupted run keeps its checkpoint
+
+    try:
+        train_run(cfg, run_dir, on_epoch=stop_in_second_epoch)
+    except KeyboardInterrupt:
+        pass
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        assert Checkpoints(run_dir).load() is not None
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(data: Path, scratch: Path) -> dict:
+    timer = SaveTimer()
+    result = {}
+    for label, depth, width, norm in MODELS:
+        gaps: dict[str, list[float]] = {"on": [], "off": []}
+        saves_before = len(timer.seconds)
+        for repeat in range(REPEATS):  # interleaved: a slow minute of the machine hits both
+            for mode in ("on", "off"):
+                cfg = compose_trial(data, depth, width, norm, mode == "on")
+                # The first epoch's gap holds the data loading: the later ones are the trial's pace.
+                gaps[mode] += one_run(cfg, scratch / f"{depth}x{width}_{mode}_{repeat}")[1:]
+        saves = timer.seconds[saves_before:]
+        load = load_seconds(scratch / f"{depth}x{width}_load",
+                            compose_trial(data, depth, width, norm, True))
+        on, off = statistics.median(gaps["on"]), statistics.median(gaps["off"])
+        save = statistics.median(saves)
+        result[label] = {
+            "epoch_s_with": on, "epoch_s_without": off, "save_s": save, "saves": saves,
+            "checkpoint_mb": timer.bytes / 1e6, "load_s": load,
+            "save_share": save / on, "epoch_gaps": gaps,
+            # Derived: a kill at epoch K of a 27-epoch trial.
+            "kill_cost_s": {str(k): {"without": k * off, "with_at_most": on + load}
+                            for k in (9, 25)}}
+        shown = {k: v for k, v in result[label].items() if k not in ("saves", "epoch_gaps")}
+        print(f"{label}: {json.dumps(shown)}", flush=True)
+    return result
+
+
+def markdown(report: dict) -> str:
+    lines = [f"Machine: {report['machine']}; {report['date']}", "",
+             f"Each model {EPOCHS} epochs with and without a checkpoint after each, interleaved, "
+             f"{REPEATS} times (precision auto, batch 256, 54000 training images):", "",
+             "| model | checkpoint | save | save / epoch | load | epoch with | epoch without |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+    for label, r in report["models"].items():
+        lines.append(f"| {label} | {r['checkpoint_mb']:.0f} MB | {r['save_s']:.2f} s | "
+                     f"{100 * r['save_share']:.1f} % | {r['load_s']:.2f} s | "
+                     f"{r['epoch_s_with']:.2f} s | {r['epoch_s_without']:.2f} s |")
+    lines += ["", f"A kill at epoch K of a {TRIAL_EPOCHS}-epoch trial (derived from the times "
+              "above: without checkpoints the retry trains K epochs again; with them, it loses the "
+              "epoch under way, at most one, and loads the checkpoint):", "",
+              "| model | K | lost without | lost with, at most |", "| --- | ---: | ---: | ---: |"]
+    for label, r in report["models"].items():
+        for k, cost in r["kill_cost_s"].items():
+            lines.append(f"| {label} | {k} | {cost['without']:.0f} s | "
+                         f"{cost['with_at_most']:.0f} s |")
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    os.chdir(ROOT)
+    data = ROOT / "data"  # where `make train` puts MNIST
+    with tempfile.TemporaryDirectory(prefix="bench_checkpoints_") as scratch:
+        models = measure(data, Path(scratch))
+    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
+              "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "epochs": EPOCHS,
+              "repeats": REPEATS, "models": models}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "checkpoints.json").write_text(json.dumps(report, indent=2) + "\n")
+    (RESULTS / "checkpoints.md").write_text(markdown(report))
+    sys.stdout.write(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
