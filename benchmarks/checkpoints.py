@@ -1,13 +1,15 @@
 """What a checkpoint after every epoch costs, and what it saves when a trial is killed.
 
-    make bench-checkpoints   (= .venv/bin/python benchmarks/checkpoints.py; about 8 minutes)
+    make bench-checkpoints   (= .venv/bin/python benchmarks/checkpoints.py; about 12 minutes)
 
 For the `optuna` preset's recipe, its 30-minute best's shape and its widest trials (4 x 2048,
 layer norm, AdamW), each trained as a trial trains (precision auto, batch 256, MNIST's 54000
 training images and 6000 for validation): EPOCHS epochs with trainer.checkpoint=true and false,
 interleaved, REPEATS times. Measured, in this process:
 - the wall time from one epoch's end to the next (training, evaluation, the checkpoint), median;
-- each checkpoint's save (written whole, then renamed) and its size; loading it back;
+- each checkpoint's save (written whole, then renamed) and its size; its copy to an artifact
+  store in a local folder (as hydra.sweeper.artifacts=FOLDER does; a network folder or S3 is
+  slower); loading it back;
 Derived, and labelled so: what a kill at epoch K of a 27-epoch trial costs the search without
 checkpoints (the retry trains those K epochs again) and with them (the epoch under way, at most
 one, and the load).
@@ -30,6 +32,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
 EPOCHS, REPEATS, TRIAL_EPOCHS = 3, 2, 27
+# Checkpoints off; on (the run folder); on and copied to an artifact store (hydra.sweeper.artifacts)
+MODES = ("on", "off", "store")
 # (label, depth, width, norm): the preset's enqueued recipe, the 30-minute best's shape, its widest
 MODELS = (("2 x 256 (the preset's recipe)", 2, 256, "none"),
           ("3 x 1105, layer norm (30-minute best)", 3, 1105, "layer"),
@@ -39,7 +43,7 @@ MODELS = (("2 x 256 (the preset's recipe)", 2, 256, "none"),
 def compose_trial(data: Path, depth: int, width: int, norm: str, checkpoint: bool):
     from hydra import compose, initialize_config_module
 
-    with initialize_config_module(config_module="mlp_sweep.conf", version_base=None):
+    with initialize_config_module(config_module="mlp_sweep.conf"):
         return compose(config_name="train", overrides=[
             "hparams_search=optuna", f"dataset.root={data}", f"trainer.epochs={EPOCHS}",
             f"model.depth={depth}", f"model.width={width}", f"model.norm={norm}",
@@ -47,30 +51,48 @@ def compose_trial(data: Path, depth: int, width: int, norm: str, checkpoint: boo
 
 
 class SaveTimer:
-    """Times each Checkpoints.save of this process, and keeps the size of what it wrote."""
+    """Times each Checkpoints.save of this process (the copy to a store, if any, included) and
+    each copy to a store alone, and keeps the size of what was written."""
 
     def __init__(self) -> None:
+        from mlp_sweep.sweeping.artifacts import StoredCheckpoint
         from mlp_sweep.training.checkpoint import Checkpoints
 
         self.seconds: list[float] = []
+        self.copy_seconds: list[float] = []
         self.bytes = 0
-        original = Checkpoints.save
+        save, copy = Checkpoints.save, StoredCheckpoint.saved
 
-        def timed(checkpoints, state):
+        def timed_save(checkpoints, state):
             start = time.perf_counter()
-            original(checkpoints, state)
+            save(checkpoints, state)
             self.seconds.append(time.perf_counter() - start)
             self.bytes = checkpoints.current.stat().st_size
 
-        Checkpoints.save = timed
+        def timed_copy(stored, path, epoch):
+            start = time.perf_counter()
+            copy(stored, path, epoch)
+            self.copy_seconds.append(time.perf_counter() - start)
+
+        Checkpoints.save, StoredCheckpoint.saved = timed_save, timed_copy
 
 
-def one_run(cfg, run_dir: Path) -> list[float]:
-    """Seconds from each epoch's end to the next one's (the first from the start)."""
+def one_run(cfg, run_dir: Path, store: Path | None) -> list[float]:
+    """Seconds from each epoch's end to the next one's (the first from the start); with `store`,
+    each checkpoint is copied to an artifact store in that folder, as a sweep with
+    hydra.sweeper.artifacts does (a real trial of an in-memory study records it)."""
+    import optuna
+
+    from mlp_sweep.sweeping.artifacts import StoredCheckpoint
     from mlp_sweep.training.run import train_run
 
+    copy = None
+    if store is not None:
+        store.mkdir(parents=True, exist_ok=True)
+        copy = StoredCheckpoint(f"file://{store}", optuna.create_study().ask())
     ends = [time.perf_counter()]
-    train_run(cfg, run_dir, on_epoch=lambda metrics: ends.append(time.perf_counter()))
+    train_run(cfg, run_dir, on_epoch=lambda metrics: ends.append(time.perf_counter()),
+              checkpoint_copy=copy)
     return [b - a for a, b in zip(ends, ends[1:])]
 
 
@@ -99,26 +121,34 @@ def measure(data: Path, scratch: Path) -> dict:
     timer = SaveTimer()
     result = {}
     for label, depth, width, norm in MODELS:
-        gaps: dict[str, list[float]] = {"on": [], "off": []}
-        saves_before = len(timer.seconds)
-        for repeat in range(REPEATS):  # interleaved: a slow minute of the machine hits both
-            for mode in ("on", "off"):
-                cfg = compose_trial(data, depth, width, norm, mode == "on")
+        gaps: dict[str, list[float]] = {mode: [] for mode in MODES}
+        saves: list[float] = []
+        copies_before = len(timer.copy_seconds)
+        for repeat in range(REPEATS):  # interleaved: a slow minute of the machine hits all
+            for mode in MODES:
+                cfg = compose_trial(data, depth, width, norm, mode != "off")
+                saves_before = len(timer.seconds)
+                folder = scratch / f"{depth}x{width}_{mode}_{repeat}"
                 # The first epoch's gap holds the data loading: the later ones are the trial's pace.
-                gaps[mode] += one_run(cfg, scratch / f"{depth}x{width}_{mode}_{repeat}")[1:]
-        saves = timer.seconds[saves_before:]
+                gaps[mode] += one_run(cfg, folder, folder / "store" if mode == "store" else None)[1:]
+                if mode == "on":
+                    saves += timer.seconds[saves_before:]
+        copies = timer.copy_seconds[copies_before:]
         load = load_seconds(scratch / f"{depth}x{width}_load",
                             compose_trial(data, depth, width, norm, True))
         on, off = statistics.median(gaps["on"]), statistics.median(gaps["off"])
         save = statistics.median(saves)
         result[label] = {
-            "epoch_s_with": on, "epoch_s_without": off, "save_s": save, "saves": saves,
+            "epoch_s_with": on, "epoch_s_without": off,
+            "epoch_s_with_store": statistics.median(gaps["store"]), "save_s": save,
+            "saves": saves, "copy_s": statistics.median(copies), "copies": copies,
             "checkpoint_mb": timer.bytes / 1e6, "load_s": load,
             "save_share": save / on, "epoch_gaps": gaps,
             # Derived: a kill at epoch K of a 27-epoch trial.
             "kill_cost_s": {str(k): {"without": k * off, "with_at_most": on + load}
                             for k in (9, 25)}}
-        shown = {k: v for k, v in result[label].items() if k not in ("saves", "epoch_gaps")}
+        shown = {k: v for k, v in result[label].items()
+                 if k not in ("saves", "copies", "epoch_gaps")}
         print(f"{label}: {json.dumps(shown)}", flush=True)
     return result
 
@@ -127,12 +157,14 @@ def markdown(report: dict) -> str:
     lines = [f"Machine: {report['machine']}; {report['date']}", "",
              f"Each model {EPOCHS} epochs with and without a checkpoint after each, interleaved, "
              f"{REPEATS} times (precision auto, batch 256, 54000 training images):", "",
-             "| model | checkpoint | save | save / epoch | load | epoch with | epoch without |",
-             "| --- | ---: | ---: | ---: | ---: | ---: | ---: |"]
+             "| model | checkpoint | save | save / epoch | copy to a store | load | "
+             "epoch without | with | with, copied |",
+             "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"]
     for label, r in report["models"].items():
         lines.append(f"| {label} | {r['checkpoint_mb']:.0f} MB | {r['save_s']:.2f} s | "
-                     f"{100 * r['save_share']:.1f} % | {r['load_s']:.2f} s | "
-                     f"{r['epoch_s_with']:.2f} s | {r['epoch_s_without']:.2f} s |")
+                     f"{100 * r['save_share']:.1f} % | {r['copy_s']:.2f} s | {r['load_s']:.2f} s | "
+                     f"{r['epoch_s_without']:.2f} s | {r['epoch_s_with']:.2f} s | "
+                     f"{r['epoch_s_with_store']:.2f} s |")
     lines += ["", f"A kill at epoch K of a {TRIAL_EPOCHS}-epoch trial (derived from the times "
               "above: without checkpoints the retry trains K epochs again; with them, it loses the "
               "epoch under way, at most one, and loads the checkpoint):", "",

@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
 from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.artifacts import StoredCheckpoint, fetch_checkpoint
 from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training import run_dirs
@@ -49,17 +50,36 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     if resume is not None:
         trial.note(trial_attrs.RESUMED_AFTER, replayed)
     return train_run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial, replayed),
-                     tracker_identity=trial.identity if trial else (None, None), resume=resume)
+                     tracker_identity=trial.identity if trial else (None, None), resume=resume,
+                     checkpoint_copy=stored_checkpoint(trial))
 
 
 def earlier_attempt(trial: TrialLink | None) -> tuple[str, dict] | None:
     """The newest checkpoint an earlier attempt of this trial left (it was interrupted, or its
-    worker went silent), with its folder; None for a first attempt or one that left none."""
-    for folder in trial.spec.resume_from if trial else ():
+    worker went silent), with where it was read; None for a first attempt or one that left
+    none. An attempt's folder on another host is read through the checkpoint it copied to the
+    artifact store."""
+    if trial is None:
+        return None
+    spec = trial.spec
+    stored = spec.stored_checkpoints or ("",) * len(spec.resume_from)
+    for folder, artifact_id in zip(spec.resume_from, stored):
         state = Checkpoints(Path(folder)).load()
         if state is not None:
             return folder, state
+        if artifact_id and spec.artifacts:
+            state = fetch_checkpoint(spec.artifacts, artifact_id)
+            if state is not None:
+                return f"{folder} (its checkpoint in {spec.artifacts})", state
     return None
+
+
+def stored_checkpoint(trial: TrialLink | None) -> StoredCheckpoint | None:
+    """Where a trial's checkpoints are copied for its retry on another host: the sweep's
+    artifact store, if it has one and the trial's study is in a shared storage."""
+    if trial is None or trial.trial is None or not trial.spec.artifacts:
+        return None
+    return StoredCheckpoint(trial.spec.artifacts, trial.trial, trial.spec.stored_checkpoints)
 
 
 def train_fused(cfg: DictConfig, spec: TrialSpec) -> dict[int, object]:

@@ -22,6 +22,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here 
 import runpy  # noqa: E402
 import shutil  # noqa: E402
 import socket  # noqa: E402
+import sqlite3  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 import subprocess  # noqa: E402
@@ -198,6 +199,16 @@ def small_root(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("small_data")
     write_fashion_mnist(root, 2000, 500, learnable=True)
     return root
+
+
+def study_exists(database: Path) -> bool:
+    """Whether the sweep has created its study, read without creating any table: Optuna would
+    create the schema itself, racing the sweep that is creating it."""
+    try:
+        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
+            return connection.execute("SELECT COUNT(*) FROM studies").fetchone()[0] > 0
+    except sqlite3.Error:
+        return False
 
 
 @pytest.fixture(scope="session")

@@ -3,29 +3,43 @@ ends, fetched by best.yaml, refit and compare on a host that does not hold the t
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import uuid
 from pathlib import Path
 
+import optuna
 import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.sweeping.artifacts import RUN_FILES, local_run_dir
+from mlp_sweep.sweeping.artifacts import RUN_FILES, StoredCheckpoint, local_run_dir
 from mlp_sweep.sweeping.results import write_results
 from mlp_sweep.sweeping.resume import counted
 from mlp_sweep.sweeping.storage import load_study
+from mlp_sweep.training.run import train_run
 
-from conftest import SMALL_DATA, run_here
+from conftest import SMALL_DATA, compose_config, run_here, study_exists
 
 STUDY = "course_fashion_mnist"  # hparams_search=optuna_course on SMALL_DATA
 
 
-def small_sweep(data_root: Path, storage: str, *extra: str) -> list[str]:
+def small_sweep(data_root: Path, storage: str, *extra: str, epochs: int = 1,
+                n_trials: int = 2) -> list[str]:
     return ["--multirun", "hparams_search=optuna_course", *SMALL_DATA, f"dataset.root={data_root}",
-            "dataset.val_size=500", "trainer.epochs=1", f"hydra.sweeper.storage={storage}",
-            "hydra.sweeper.n_trials=2", *extra]
+            "dataset.val_size=500", f"trainer.epochs={epochs}", f"hydra.sweeper.storage={storage}",
+            f"hydra.sweeper.n_trials={n_trials}", *extra]
+
+
+def swept_into(store: str, data_root: Path, tmp_path: Path, cwd: Path) -> str:
+    """A small sweep run in `cwd` with the artifact store `store`: its storage URL."""
+    cwd.mkdir(exist_ok=True)
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    result = run_here(*small_sweep(data_root, storage, f"hydra.sweeper.artifacts={store}"), cwd=cwd)
+    assert result.returncode == 0, result.stderr
+    return storage
 
 
 def sweep_folder(cwd: Path) -> Path:
@@ -37,10 +51,7 @@ def test_each_ended_trial_uploads_its_run_files_and_records_their_ids(tmp_path, 
                                                                        monkeypatch):
     store = tmp_path / "store"
     store.mkdir()
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = run_here(*small_sweep(small_root, storage, f"hydra.sweeper.artifacts={store}"),
-                      cwd=tmp_path)
-    assert result.returncode == 0, result.stderr
+    storage = swept_into(str(store), small_root, tmp_path, tmp_path)
     study = load_study(STUDY, storage)
     for trial in study.get_trials():
         recorded = trial.user_attrs["artifacts"]
@@ -77,11 +88,7 @@ def test_refit_from_a_third_folder_fetches_the_best_trial_from_an_s3_store(
     bucket = f"sweeps-{uuid.uuid4().hex[:8]}"
     boto3.client("s3").create_bucket(Bucket=bucket)
     host_a = tmp_path / "host_a"
-    host_a.mkdir()
-    storage = f"sqlite:///{tmp_path}/optuna.db"
-    result = run_here(*small_sweep(small_root, storage, f"hydra.sweeper.artifacts=s3://{bucket}"),
-                      cwd=host_a)
-    assert result.returncode == 0, result.stderr
+    storage = swept_into(f"s3://{bucket}", small_root, tmp_path, host_a)
     best = load_study(STUDY, storage).best_trial
     model = Path(best.user_attrs["run_dir"], "model.pt").read_bytes()
     shutil.rmtree(host_a)  # nothing of the sweep left on this disk but the study
@@ -107,7 +114,7 @@ def test_workers_on_two_hosts_share_one_artifact_folder_and_a_third_refits_the_b
     shared.mkdir()
     cache = tmp_path / "cache"
     args = small_sweep(small_root, postgres_url, f"hydra.sweeper.study_name={name}",
-                       f"hydra.sweeper.n_trials={n_trials}", f"hydra.sweeper.artifacts={shared}")
+                       f"hydra.sweeper.artifacts={shared}", n_trials=n_trials)
     workers = []
     for host, seed in (("host-a", 1), ("host-b", 2)):  # each in its own working folder
         (tmp_path / host).mkdir()
@@ -150,6 +157,46 @@ def test_workers_on_two_hosts_share_one_artifact_folder_and_a_third_refits_the_b
     assert (Path(summary["trial_dir"]) / "model.pt").read_bytes() == model
 
 
+@pytest.mark.slow  # a sweep killed, then resumed in another folder
+def test_a_killed_trial_goes_on_from_the_checkpoint_it_copied_to_the_store(tmp_path, small_root):
+    store, storage = tmp_path / "store", f"sqlite:///{tmp_path}/optuna.db"
+    store.mkdir()
+    args = small_sweep(small_root, storage, f"hydra.sweeper.artifacts={store}",
+                       "hydra/sweeper/pruner=none", "hydra.sweeper.fuse=1", "optimizer=adam",
+                       "optimizer.lr=0.001", epochs=30)
+    host_a = tmp_path / "host_a"
+    host_a.mkdir()
+    sweep = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=host_a,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    killed, deadline = None, time.time() + 240
+    while killed is None and time.time() < deadline:  # once a checkpoint is in the store
+        trials = load_study(STUDY, storage).get_trials(deepcopy=False) \
+            if study_exists(tmp_path / "optuna.db") else []
+        running = [t for t in trials if t.state == TrialState.RUNNING
+                   and len(t.intermediate_values) >= 2 and "stored_checkpoint" in t.user_attrs]
+        killed = running[0] if running else None
+        time.sleep(0.05)
+    assert killed is not None
+    os.kill(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    killed = load_study(STUDY, storage).trials[killed.number]  # as it was when killed
+    assert (store / killed.user_attrs["stored_checkpoint"]["id"]).is_file()
+    shutil.rmtree(host_a)  # the killed trial's folder, checkpoint.pt with it, is gone
+
+    host_b = tmp_path / "host_b"
+    host_b.mkdir()
+    result = run_here(*args, cwd=host_b)
+    assert result.returncode == 0, result.stderr
+    study = load_study(STUDY, storage)
+    assert len(counted(study)) == 2
+    [retry] = [t for t in study.get_trials() if killed.number in t.system_attrs.get("retry_history", ())]
+    assert retry.state == TrialState.COMPLETE and retry.params == killed.params
+    assert retry.user_attrs["resumed_after"] >= 1
+    log = Path(retry.user_attrs["run_dir"], "train.log").read_text()
+    assert f"going on from {killed.user_attrs['run_dir']} (its checkpoint in file://{store})" in log
+    assert not list(store.glob("checkpoint-*"))  # every copy removed once its trial ended
+
+
 @pytest.mark.parametrize("url, reason", [
     ("{tmp}/no_such_folder", "FileNotFoundError: no folder {tmp}/no_such_folder"),
     ("file://{tmp}/optuna.db-not", "FileNotFoundError: no folder {tmp}/optuna.db-not"),
@@ -183,3 +230,70 @@ def test_refit_of_a_trial_on_another_host_without_a_store_names_the_folder(tmp_p
     assert "allowed: a sweep run with hydra.sweeper.artifacts=URL" in refit.stderr
     assert not (tmp_path / "refit").exists()
     assert local_run_dir(STUDY, best) is None
+
+
+@pytest.mark.slow  # two workers, PostgreSQL, a refit
+def test_the_readme_many_hosts_commands_as_written(tmp_path, mnist_root, postgres_url):
+    # The README's block, with its database and shared folder replaced by this test's (a fresh
+    # database, so that its study name is free) and a small budget appended to the workers' line.
+    import psycopg
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    [block] = [b for b in readme.split("```bash\n")[1:]
+               if "hydra.sweeper.artifacts=/mnt/shared/sweeps" in b]
+    lines = block.split("```")[0].replace("\\\n", " ").splitlines()
+    workers, refit = [line.split() for line in lines if line.startswith(".venv/bin/python")]
+    database = f"readme_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"CREATE DATABASE {database}")
+    url = postgres_url.rsplit("/", 1)[0] + "/" + database
+    shared = tmp_path / "shared"
+    shared.mkdir()
+
+    def as_here(words: list[str]) -> list[str]:
+        return [sys.executable if w == ".venv/bin/python" else
+                w.replace("postgresql://optuna@db-host/optuna", url)
+                 .replace("/mnt/shared/sweeps", str(shared)) for w in words]
+
+    small = [f"dataset.root={mnist_root}", "dataset.train_limit=3000", "dataset.test_limit=1000",
+             "dataset.val_size=500", "trainer.epochs=1", "trainer.progress=false",
+             "hydra.sweeper.n_trials=3"]
+    (tmp_path / "host-a").mkdir()
+    trained = subprocess.run(as_here(workers) + small, cwd=tmp_path / "host-a", text=True,
+                             capture_output=True, timeout=600)
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    study = load_study("mlp_mnist", url)
+    assert len(counted(study)) == 3
+    best = study.best_trial
+    shutil.rmtree(tmp_path / "host-a")  # the trials' folders are not on the refitting host
+
+    (tmp_path / "host-c").mkdir()
+    refitted = subprocess.run(as_here(refit) + ["--seeds", "1"], cwd=tmp_path / "host-c",
+                              text=True, capture_output=True, timeout=600,
+                              env={**os.environ, "MLP_SWEEP_CACHE": str(tmp_path / "cache")})
+    assert refitted.returncode == 0, refitted.stdout + refitted.stderr
+    summary = yaml.safe_load((tmp_path / "host-c" / "refit" / "mlp_mnist" / "refit.json").read_text())
+    assert summary["trial_val_accuracy"] == best.value
+    assert Path(summary["trial_dir"]).is_relative_to(tmp_path / "cache")
+    assert (tmp_path / "host-c" / "refit" / "mlp_mnist" / "seed_0" / "model.pt").is_file()
+
+
+def test_a_store_that_fails_mid_run_costs_the_checkpoint_copy_not_the_run(tmp_path, small_root,
+                                                                           caplog):
+    store = tmp_path / "store"
+    store.mkdir()
+    trial = optuna.create_study().ask()
+    copied = StoredCheckpoint(f"file://{store}", trial)
+
+    def lose_the_store_in_epoch_2(metrics) -> None:
+        if metrics.epoch == 2:  # epoch 1's checkpoint is in the store and recorded
+            assert [p.name for p in store.iterdir()] == [trial.user_attrs["stored_checkpoint"]["id"]]
+            shutil.rmtree(store)
+
+    cfg = compose_config(*SMALL_DATA, f"dataset.root={small_root}", "dataset.val_size=500",
+                         "trainer.epochs=3")
+    objective = train_run(cfg, tmp_path / "run", on_epoch=lose_the_store_in_epoch_2,
+                          checkpoint_copy=copied)
+    assert 0 < objective <= 1 and (tmp_path / "run" / "model.pt").is_file()
+    assert trial.user_attrs["stored_checkpoint"]["epoch"] == 1  # the last copy that was made
+    assert "the checkpoint after epoch 2 could not be copied" in caplog.text

@@ -6,7 +6,6 @@ import json
 import os
 import shutil
 import signal
-import sqlite3
 import subprocess
 import sys
 import time
@@ -23,7 +22,7 @@ from mlp_sweep.training.optimizer_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.train import train
 
-from conftest import compose_config, run_cli, run_here
+from conftest import compose_config, run_cli, run_here, study_exists
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -38,16 +37,6 @@ def sweep_args(mnist_root, storage: str, n_trials: int, *extra: str) -> list[str
 
 def trials_of(storage: str, name: str = "course_mnist") -> list:
     return load_study(name, storage).get_trials(deepcopy=False)
-
-
-def study_exists(database: Path) -> bool:
-    """Whether the sweep has created its study, read without creating any table: Optuna would
-    create the schema itself, racing the sweep that is creating it."""
-    try:
-        with sqlite3.connect(f"file:{database}?mode=ro", uri=True) as connection:
-            return connection.execute("SELECT COUNT(*) FROM studies").fetchone()[0] > 0
-    except sqlite3.Error:
-        return False
 
 
 def test_resume_after_kill_9_keeps_every_finished_trial_and_goes_on_with_the_killed_one(

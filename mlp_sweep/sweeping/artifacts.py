@@ -109,6 +109,58 @@ def upload_run(store: Any, url: str, trial: Any, run_dir: Path) -> dict[str, str
     return ids
 
 
+class StoredCheckpoint:
+    """A running trial's newest checkpoint, copied to the store after each epoch and recorded on
+    the trial (trial_attrs.STORED_CHECKPOINT), so that its retry on another host goes on from it;
+    removed, with those of the attempts it went on from, when the run ends. A store that fails
+    costs the copy, not the run."""
+
+    def __init__(self, url: str, trial: Any, earlier: tuple[str, ...] = ()) -> None:
+        self.url, self.trial = url, trial  # trial: an optuna.Trial, in the job's process
+        self.store = open_store(url)
+        self.earlier = [artifact_id for artifact_id in earlier if artifact_id]
+        self.current: str | None = None
+
+    def saved(self, path: Path, epoch: int) -> None:
+        artifact_id = f"checkpoint-{uuid.uuid4().hex}"
+        try:
+            with path.open("rb") as file:
+                self.store.write(artifact_id, file)
+            self.trial.set_user_attr(trial_attrs.STORED_CHECKPOINT,
+                                     {"id": artifact_id, "epoch": epoch})
+        except Exception as error:
+            log.warning(f"the checkpoint after epoch {epoch} could not be copied to {self.url} "
+                        f"({first_line(error)}); a retry on another host would start over")
+            return
+        self._remove([self.current] if self.current else [])  # recorded: the new one is whole
+        self.current = artifact_id
+
+    def removed(self) -> None:
+        self._remove([*self.earlier, *([self.current] if self.current else [])])
+        self.earlier, self.current = [], None
+
+    def _remove(self, ids: list[str]) -> None:
+        for artifact_id in ids:
+            with contextlib.suppress(Exception):  # gone already: nothing to do
+                self.store.remove(artifact_id)
+
+
+def fetch_checkpoint(url: str, artifact_id: str) -> dict[str, Any] | None:
+    """A checkpoint another host left in the store, read through a temporary file in the cache;
+    None (with a warning) when it cannot be."""
+    import torch
+
+    path = cache_dir() / "checkpoints" / artifact_id
+    try:
+        _download(open_store(url), artifact_id, path)
+        return torch.load(path, weights_only=False)
+    except Exception as error:
+        log.warning(f"checkpoint {artifact_id} could not be read from {url} ({first_line(error)})")
+        return None
+    finally:
+        path.unlink(missing_ok=True)
+
+
 def local_run_dir(study_name: str, trial: Any, *, with_model: bool = False) -> Path | None:
     """The folder of `trial`'s run on this host: its own, when it is here; else its files fetched
     from the artifact store it recorded (cached under MLP_SWEEP_CACHE); None when neither is

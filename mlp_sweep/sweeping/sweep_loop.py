@@ -6,8 +6,9 @@ Hydra jobs through the configured launcher, tell the study how each ended, until
 Each job gets its trial as one description, `trial.json` in its folder (trial_spec.py), named in
 its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it
 returns TrialPruned and the trial is recorded PRUNED. With `fuse` > 1 a job gets a group of
-trials (fused_groups.py) and returns each one's outcome by trial number. A heartbeat retry is
-told the earlier attempts' folders, to go on from them. A job that
+trials (fused_groups.py) and returns each one's outcome by trial number. A retry (of a trial
+interrupted, or silent on another host) is told the earlier attempts' folders and the checkpoints
+they copied to the artifact store, to go on from them. A job that
 raises is recorded FAIL with the reason, and the sweep goes on until those failures exceed
 `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count) is a
 FAIL trial too, as in the stock sweeper, and does not stop the sweep.
@@ -25,7 +26,7 @@ import optuna
 from hydra.core.utils import JobReturn
 from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.errors import UserError, first_line
 from mlp_sweep.sweeping import resume, trial_attrs
@@ -58,9 +59,9 @@ class SweepLoop:
         self.other_workers = resume.OtherWorkers(settings.heartbeat)
         self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
         self.progress: SweepProgress | None = None
-        # Per trial number: the folders of the earlier attempts a trial runs again, the latest
-        # first (empty for a first attempt), read once when it is asked
-        self.earlier_folders: dict[int, tuple[str, ...]] = {}
+        # Per trial number: the earlier attempts a trial runs again, the latest first (empty
+        # for a first attempt), read once when it is asked
+        self.earlier_attempts: dict[int, list[FrozenTrial]] = {}
         self.store = None  # the artifact store, once checked (hydra.sweeper.artifacts)
 
     def run(self, arguments: list[str]) -> None:
@@ -127,7 +128,7 @@ class SweepLoop:
             groups = ask_groups(study, lambda: self._ask(study, sweep_dir, space),
                                 jobs=self.settings.n_jobs, fuse=self.settings.fuse,
                                 fuse_by=self.settings.fuse_by, missing=missing,
-                                alone=lambda trial: bool(self.earlier_folders[trial.number]))
+                                alone=lambda trial: bool(self.earlier_attempts[trial.number]))
             if not groups:
                 break
             returns = self._launch(study, groups, fixed_params, fixed_overrides)
@@ -156,9 +157,8 @@ class SweepLoop:
         if resume.is_surplus(study, trial, self.n_trials):
             return None
         # A retry (its earlier attempt interrupted or stale) goes on from their checkpoints.
-        self.earlier_folders[trial.number] = tuple(
-            str(trial_attrs.run_dir(t)) for t in resume.attempts(study, trial)
-            if trial_attrs.run_dir(t))
+        self.earlier_attempts[trial.number] = [t for t in resume.attempts(study, trial)
+                                               if trial_attrs.run_dir(t)]
         return trial
 
     def _launch(self, study: optuna.Study, groups: list[list[optuna.Trial]], fixed_params: dict,
@@ -198,7 +198,11 @@ class SweepLoop:
             trial_id=trial_id(trial), number=trial.number, run_dir=str(trial_attrs.run_dir(trial)),
             deadline=self.deadline, prune_early=self.settings.on_timeout == "prune_early",
             pruner=self.settings.pruner_config, fused=fused,
-            resume_from=self.earlier_folders[trial.number])
+            resume_from=tuple(str(trial_attrs.run_dir(t))
+                              for t in self.earlier_attempts[trial.number]),
+            artifacts=self.settings.artifacts,
+            stored_checkpoints=tuple(trial_attrs.stored_checkpoint(t)
+                                     for t in self.earlier_attempts[trial.number]))
 
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the

@@ -19,6 +19,8 @@ IMPORTED = "imported_from"     # "study#number" a warm start copied it from
 TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
 RESUMED_AFTER = "resumed_after"  # the epoch (step) its job went on from, an earlier attempt's
 ARTIFACTS = "artifacts"        # {"store": URL, "files": {relative path: artifact id}} (artifacts.py)
+STORED_CHECKPOINT = "stored_checkpoint"  # a running trial's newest checkpoint in the store:
+                                         # {"id": artifact id, "epoch": N}; removed at its end
 
 PRUNED_BY_PRUNER, PRUNED_BY_BUDGET = "pruner", "budget"
 
@@ -59,6 +61,12 @@ def artifacts(trial: Any) -> dict | None:
     """The store and artifact ids of the run files uploaded when the trial ended; None when
     none were."""
     return trial.user_attrs.get(ARTIFACTS)
+
+
+def stored_checkpoint(trial: Any) -> str:
+    """The artifact id of the newest checkpoint the trial left in the store; "" for none."""
+    stored = trial.user_attrs.get(STORED_CHECKPOINT)
+    return stored["id"] if stored else ""
 
 
 def imported_from(trial: Any) -> str | None:

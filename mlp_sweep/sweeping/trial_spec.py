@@ -36,6 +36,11 @@ class TrialSpec:
     # host), the latest first: the job may go on from what they left (mlp_sweep.train: a
     # checkpoint)
     resume_from: tuple[str, ...] = ()
+    # hydra.sweeper.artifacts: the store's URL, where the job copies each checkpoint
+    artifacts: str | None = None
+    # The artifact ids of the checkpoints those attempts left in the store ("" for none), in the
+    # same order: read when an attempt's folder is not on this host
+    stored_checkpoints: tuple[str, ...] = ()
 
     def write(self) -> Path:
         """Write `run_dir/trial.json` whole; its path, for the job's environment."""
@@ -52,7 +57,8 @@ class TrialSpec:
     def from_json(cls, text: str) -> "TrialSpec":
         fields = json.loads(text)
         return cls(**{**fields, "fused": tuple(fields.get("fused", ())),
-                      "resume_from": tuple(fields.get("resume_from", ()))})
+                      "resume_from": tuple(fields.get("resume_from", ())),
+                      "stored_checkpoints": tuple(fields.get("stored_checkpoints", ()))})
 
     def group(self) -> list["TrialSpec"]:
         """The trials this job trains: this one, then those it is fused with."""

@@ -11,7 +11,7 @@ the run ends (its `model.pt` stays).
 import logging
 import os
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 
@@ -24,12 +24,22 @@ CHECKPOINT_FILE = "checkpoint.pt"
 PREVIOUS_FILE = "checkpoint.prev.pt"
 
 
-class Checkpoints:
-    """The checkpoint files of one run folder."""
+class CheckpointCopy(Protocol):
+    """Somewhere else a run's newest checkpoint is kept, for a host that cannot read its folder
+    (sweeping/artifacts.py: the sweep's artifact store)."""
 
-    def __init__(self, run_dir: Path) -> None:
+    def saved(self, path: Path, epoch: int) -> None: ...
+
+    def removed(self) -> None: ...
+
+
+class Checkpoints:
+    """The checkpoint files of one run folder, and their copy elsewhere, if the run has one."""
+
+    def __init__(self, run_dir: Path, copy: CheckpointCopy | None = None) -> None:
         self.current = Path(run_dir, CHECKPOINT_FILE)
         self.previous = Path(run_dir, PREVIOUS_FILE)
+        self.copy = copy
 
     def save(self, state: dict[str, Any]) -> None:
         def write(tmp: Path) -> None:
@@ -38,6 +48,8 @@ class Checkpoints:
                 os.replace(self.current, self.previous)
 
         replace_atomically(self.current, write)
+        if self.copy is not None:
+            self.copy.saved(self.current, state["epoch"])
 
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint; None when there is none."""
@@ -54,6 +66,8 @@ class Checkpoints:
     def remove(self) -> None:
         self.current.unlink(missing_ok=True)
         self.previous.unlink(missing_ok=True)
+        if self.copy is not None:
+            self.copy.removed()
 
 
 def checkpoint_of(run_dir: str | Path) -> dict[str, Any]:

@@ -18,7 +18,8 @@ from omegaconf import DictConfig
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.training.build import build_training
-from mlp_sweep.training.checkpoint import Checkpoints, check_same_model, checkpoint_of
+from mlp_sweep.training.checkpoint import (CheckpointCopy, Checkpoints, check_same_model,
+                                           checkpoint_of)
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits, load_splits
 from mlp_sweep.training.devices import cpu_threads, resolve_device
@@ -37,7 +38,8 @@ EpochCallback = Callable[[EpochMetrics], None]
 def train_run(cfg: DictConfig, run_dir: Path | None = None,
               on_epoch: EpochCallback | None = None,
               tracker_identity: tuple[str | None, int | None] = (None, None),
-              resume: tuple[str, dict] | None = None) -> float:
+              resume: tuple[str, dict] | None = None,
+              checkpoint_copy: CheckpointCopy | None = None) -> float:
     """Train the model `cfg` describes and return `cfg.objective` at the epoch whose weights
     it keeps (the best validation accuracy; the last epoch without a validation split).
 
@@ -45,29 +47,32 @@ def train_run(cfg: DictConfig, run_dir: Path | None = None,
     with the time it ended), model.pt, and checkpoint.pt while it runs (trainer.checkpoint).
     `tracker_identity` is the (study, trial number) that experiment trackers file the run under.
     `resume`, (folder, its checkpoint), continues an earlier run as `trainer.resume` does.
+    `checkpoint_copy` is told of each checkpoint, and of their removal when the run ends.
     """
     record = RunRecord(run_dir) if run_dir is not None else None
+    checkpoints = Checkpoints(run_dir, checkpoint_copy) \
+        if record and cfg.trainer.get("checkpoint", True) else None
     if record:
         record.running()
     try:
-        objective = _train(cfg, record, on_epoch, tracker_identity, resume)
+        objective = _train(cfg, record, on_epoch, tracker_identity, resume, checkpoints)
     except BaseException as error:
         if record:
             record.ended(end_state(error), error)
-            if isinstance(error, Exception):  # ended; an interrupted run keeps its checkpoint
-                Checkpoints(record.run_dir).remove()
+        if checkpoints and isinstance(error, Exception):  # an interrupted run keeps them
+            checkpoints.remove()
         # A UserError gets its one line from the command; a pruned run is no failure.
         if not isinstance(error, (optuna.TrialPruned, UserError)):
             log.error(f"Run failed: {type(error).__name__}: {error} (traceback in status.json)")
         raise
-    if record:
-        Checkpoints(record.run_dir).remove()
+    if checkpoints:
+        checkpoints.remove()
     return objective
 
 
 def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | None,
            tracker_identity: tuple[str | None, int | None],
-           resume: tuple[str, dict] | None) -> float:
+           resume: tuple[str, dict] | None, checkpoints: Checkpoints | None) -> float:
     device = set_up(cfg)
     # Before the data is read: a tracker whose extra is missing stops the run here, unwritten.
     trackers = Trackers.from_config(cfg, record and record.run_dir, *tracker_identity)
@@ -115,9 +120,7 @@ def _train(cfg: DictConfig, record: RunRecord | None, on_epoch: EpochCallback | 
                       progress=show_bars(cfg.trainer.get("progress", "auto")), loss_fn=loss_fn,
                       augment=augment, schedule=schedule,
                       patience=cfg.trainer.get("early_stopping") or 0, dtype=dtype,
-                      checkpoints=Checkpoints(record.run_dir)
-                      if record and cfg.trainer.get("checkpoint", True) else None,
-                      resume=state)
+                      checkpoints=checkpoints, resume=state)
         if record:
             record.completed(model)
     except BaseException as error:
