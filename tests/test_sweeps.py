@@ -2,6 +2,7 @@
 several workers on one PostgreSQL study. Every sweep here is the real CLI on real MNIST subsets, in
 this process (`run_here`) but where a process is killed, or several run at once."""
 
+import datetime
 import json
 import os
 import shutil
@@ -17,6 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
+from mlp_sweep.sweeping import resume
 from mlp_sweep.sweeping.resume import counted
 from mlp_sweep.training.optimizer_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
@@ -94,6 +96,23 @@ def test_resume_after_kill_9_keeps_every_finished_trial_and_goes_on_with_the_kil
     assert (best["trial"], best["value"]) == (study.best_trial.number, study.best_value)
     assert best["command"].startswith("python -m mlp_sweep.train ")
     assert best["config"]["objective"] == "val_accuracy"
+
+
+def test_a_trial_asked_but_never_labelled_is_run_again_not_left_running(tmp_path, mnist_root,
+                                                                        monkeypatch):
+    monkeypatch.setattr(resume, "UNLABELLED_GRACE", datetime.timedelta(seconds=2))
+    storage = f"sqlite:///{tmp_path}/optuna.db"
+    first = run_here(*sweep_args(mnist_root, storage, 2, "trainer.epochs=1"), cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    # What a sweep killed between asking for a trial and labelling it leaves: counted, RUNNING
+    lost = load_study("course_mnist", storage).ask()
+    again = run_here(*sweep_args(mnist_root, storage, 3, "trainer.epochs=1"), cwd=tmp_path)
+    assert again.returncode == 0, again.stderr
+    study = load_study("course_mnist", storage)
+    assert study.trials[lost.number].state == TrialState.FAIL
+    assert study.trials[lost.number].user_attrs["interrupted"] is True
+    finished = counted(study)
+    assert len(finished) == 3 and all(t.state == TrialState.COMPLETE for t in finished)
 
 
 def test_pruner_stops_a_deliberately_bad_configuration(tmp_path, mnist_root):

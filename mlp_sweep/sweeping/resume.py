@@ -94,6 +94,17 @@ def fail_interrupted(study: optuna.Study, max_retry: int | None) -> None:
                            if again else f"not run again (max_retry={max_retry} reached)"))
 
 
+def wait_for_unlabelled(study: optuna.Study) -> bool:
+    """A RUNNING trial no worker has labelled yet is counted, yet may be one a killed sweep
+    asked for and never ran: a sweep that would end on it waits a second and says True (look
+    again; fail_interrupted fails it once the grace period is over), else False."""
+    if not any(not trial_attrs.worker(t) for t in
+               study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))):
+        return False
+    time.sleep(1)
+    return True
+
+
 def queue_retry(study: optuna.Study, trial: FrozenTrial, max_retry: int | None) -> bool:
     """Queue `trial` to run again with its params, recorded as Optuna's heartbeat callback records
     a retry (its retry history), so that both kinds read alike; False past `max_retry`."""

@@ -120,9 +120,13 @@ class SweepLoop:
                          f"{len(resume.counted(study))} of {self.n_trials} trials in the study")
                 break
             resume.fail_stale(study, self.settings.heartbeat)
+            # A worker beside this one on this host may have been killed since (mlp_sweep.workers)
+            resume.fail_interrupted(study, self.settings.max_retry)
             missing = resume.still_to_run(study, self.n_trials)
             if missing <= 0:
                 if self.other_workers.wait(study, self.n_trials):
+                    continue
+                if resume.wait_for_unlabelled(study):  # a kill between ask and label
                     continue
                 break
             groups = ask_groups(study, lambda: self._ask(study, sweep_dir, space),
