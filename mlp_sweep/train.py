@@ -19,11 +19,11 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
 from mlp_sweep.sweeping import trial_attrs
-from mlp_sweep.sweeping.artifacts import StoredCheckpoint, fetch_checkpoint
+from mlp_sweep.sweeping.artifacts import StoredCheckpoint, fetched_checkpoint
 from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training import run_dirs
-from mlp_sweep.training.checkpoint import Checkpoints
+from mlp_sweep.training.checkpoint import Checkpoints, read_checkpoint
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
 from mlp_sweep.training.fused_run import GroupMember, train_group
 from mlp_sweep.training.run import train_run
@@ -68,7 +68,8 @@ def earlier_attempt(trial: TrialLink | None) -> tuple[str, dict] | None:
         if state is not None:
             return folder, state
         if artifact_id and spec.artifacts:
-            state = fetch_checkpoint(spec.artifacts, artifact_id)
+            with fetched_checkpoint(spec.artifacts, artifact_id) as path:
+                state = read_checkpoint(path) if path else None
             if state is not None:
                 return f"{folder} (its checkpoint in {spec.artifacts})", state
     return None

@@ -16,13 +16,13 @@ import io
 import logging
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlp_sweep.errors import UserError, first_line
+from mlp_sweep.errors import UserError, first_line, install_command
 from mlp_sweep.files import replace_atomically
 from mlp_sweep.sweeping import trial_attrs
-from mlp_sweep.training.loggers import install_command
 
 log = logging.getLogger(__name__)
 
@@ -145,18 +145,20 @@ class StoredCheckpoint:
                 self.store.remove(artifact_id)
 
 
-def fetch_checkpoint(url: str, artifact_id: str) -> dict[str, Any] | None:
-    """A checkpoint another host left in the store, read through a temporary file in the cache;
-    None (with a warning) when it cannot be."""
-    import torch
-
+@contextlib.contextmanager
+def fetched_checkpoint(url: str, artifact_id: str) -> Iterator[Path | None]:
+    """A checkpoint another host left in the store, in a file of the cache while the block runs;
+    None, with a warning, when it cannot be fetched."""
     path = cache_dir() / "checkpoints" / artifact_id
     try:
-        _download(open_store(url), artifact_id, path)
-        return torch.load(path, weights_only=False)
-    except Exception as error:
-        log.warning(f"checkpoint {artifact_id} could not be read from {url} ({first_line(error)})")
-        return None
+        try:
+            _download(open_store(url), artifact_id, path)
+        except Exception as error:
+            log.warning(f"checkpoint {artifact_id} could not be fetched from {url} "
+                        f"({first_line(error)})")
+            yield None
+        else:
+            yield path
     finally:
         path.unlink(missing_ok=True)
 

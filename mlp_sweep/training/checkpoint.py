@@ -54,13 +54,10 @@ class Checkpoints:
     def load(self) -> dict[str, Any] | None:
         """The newest readable checkpoint; None when there is none."""
         for path in (self.current, self.previous):
-            if not path.is_file():
-                continue
-            try:
-                return torch.load(path, weights_only=False)
-            except Exception as error:  # a file cut short on a disk that lost it: the one before
-                log.warning(f"checkpoint {path} cannot be read ({type(error).__name__}); "
-                            "trying the one before it")
+            if path.is_file():
+                state = read_checkpoint(path)
+                if state is not None:
+                    return state
         return None
 
     def remove(self) -> None:
@@ -68,6 +65,16 @@ class Checkpoints:
         self.previous.unlink(missing_ok=True)
         if self.copy is not None:
             self.copy.removed()
+
+
+def read_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The checkpoint in `path`; None, with a warning, when it cannot be read (a file cut short
+    on a disk that lost it: the caller tries the one before)."""
+    try:
+        return torch.load(path, weights_only=False)
+    except Exception as error:
+        log.warning(f"checkpoint {path} cannot be read ({type(error).__name__})")
+        return None
 
 
 def checkpoint_of(run_dir: str | Path) -> dict[str, Any]:

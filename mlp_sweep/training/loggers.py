@@ -10,7 +10,6 @@ import contextlib
 import csv
 import fcntl
 import importlib
-import importlib.metadata
 import io
 import logging
 import time
@@ -21,7 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mlp_sweep.errors import ConfigError, MissingExtraError, first_line
+from mlp_sweep.errors import ConfigError, MissingExtraError, first_line, install_command
 from mlp_sweep.training.engine import EpochMetrics
 from mlp_sweep.values import flatten, resolved_without_hydra
 
@@ -327,18 +326,6 @@ def _import_extra(name: str) -> None:
         raise MissingExtraError(f"logger={name} needs {library} "
                                 f"({first_line(error, with_type=False)}); install it with: "
                                 f"{install_command(extra)}") from None
-
-
-def install_command(extra: str) -> str:
-    """The command that installs a pip extra of this package: the extra itself in a checkout
-    (run from its folder), else the requirements the extra names, as an installed wheel has no
-    source folder to name."""
-    if (Path(__file__).resolve().parents[2] / "pyproject.toml").is_file():
-        return f"pip install -e '.[{extra}]'"
-    requirements = [requirement.split(";")[0].strip()
-                    for requirement in importlib.metadata.requires("mlp_sweep") or ()
-                    if requirement.split(";")[-1].strip() == f'extra == "{extra}"']
-    return "pip install " + " ".join(f"'{r}'" for r in requirements)
 
 
 @contextlib.contextmanager
