@@ -4,6 +4,7 @@ study kept in a storage, the parameter importances.
     python -m mlp_sweep.compare                         # the newest sweep under multirun/
     python -m mlp_sweep.compare multirun/2026-11-24/10-00-00 'outputs/2026-11-24/09-*'
     python -m mlp_sweep.compare --filter optimizer=sgd --top 5 --plot plots --html report.html
+    python -m mlp_sweep.compare --storage postgresql://optuna@db-host/optuna --study mlp_mnist
 """
 
 import argparse
@@ -11,6 +12,7 @@ import sys
 from pathlib import Path
 
 from mlp_sweep.analysis.comparison import compare
+from mlp_sweep.analysis.stored_study import check_study_arguments, study_run_folders
 from mlp_sweep.analysis.table import best_report, format_table, write_csv, write_json
 from mlp_sweep.errors import UserError, error_line
 
@@ -32,11 +34,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, metavar="FILE")
     parser.add_argument("--plot", type=Path, metavar="DIR", help="write PNG figures into DIR")
     parser.add_argument("--html", type=Path, metavar="FILE", help="write a self-contained report")
+    parser.add_argument("--storage", help="a study's storage URL (with --study, instead of folders)")
+    parser.add_argument("--study", help="the study's name: its trials' folders, fetched from its "
+                        "artifact store where they are not on this host")
     args = parser.parse_args(argv)
     if args.top is not None and args.top < 1:
         parser.error(f"--top {args.top}: allowed: an integer >= 1")
     try:
-        comparison = compare(args.paths, args.metric, args.filter, args.sort, args.ascending,
+        paths = args.paths
+        if check_study_arguments(args.storage, args.study):
+            if paths:
+                raise UserError(f"{paths[0]} and --study {args.study!r}: allowed: folders, or "
+                                "--storage and --study")
+            paths = [str(folder) for folder in study_run_folders(args.study, args.storage)]
+        comparison = compare(paths, args.metric, args.filter, args.sort, args.ascending,
                              args.top, args.group)
         print(format_table(comparison))
         if args.best:

@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from mlp_sweep.analysis.refit_best import REFIT_FILE, best_trial_dir, best_trial_of_study, refit
+from mlp_sweep.analysis.stored_study import check_study_arguments
 from mlp_sweep.errors import UserError, error_line
 from mlp_sweep.files import write_json
 
@@ -38,13 +39,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.seeds < 1:
             raise UserError(f"--seeds={args.seeds} is not allowed; allowed: an integer >= 1")
-        if (args.sweep_dir is None) == (args.storage is None and args.study is None):
+        named = check_study_arguments(args.storage, args.study)
+        if (args.sweep_dir is None) != named:
             raise UserError("give a sweep folder, or --storage and --study; allowed: one of "
                             "them, e.g. multirun/2026-11-30/10-00-00")
-        if args.sweep_dir is None:
-            if not (args.storage and args.study):
-                raise UserError(f"--storage={args.storage!r} --study={args.study!r}: allowed: "
-                                "both, e.g. --storage sqlite:///multirun/optuna.db --study mlp_mnist")
+        if named:
             trial_dir = best_trial_of_study(args.study, args.storage)
             out_dir = runs_dir = Path("refit") / args.study
         elif not args.sweep_dir.is_dir():

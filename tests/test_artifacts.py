@@ -242,7 +242,7 @@ def test_the_readme_many_hosts_commands_as_written(tmp_path, mnist_root, postgre
     [block] = [b for b in readme.split("```bash\n")[1:]
                if "hydra.sweeper.artifacts=/mnt/shared/sweeps" in b]
     lines = block.split("```")[0].replace("\\\n", " ").splitlines()
-    workers, refit = [line.split() for line in lines if line.startswith(".venv/bin/python")]
+    workers, refit, compare = [line.split() for line in lines if line.startswith(".venv/bin/python")]
     database = f"readme_{uuid.uuid4().hex[:8]}"
     with psycopg.connect(postgres_url, autocommit=True) as connection:
         connection.execute(f"CREATE DATABASE {database}")
@@ -260,22 +260,34 @@ def test_the_readme_many_hosts_commands_as_written(tmp_path, mnist_root, postgre
              "hydra.sweeper.n_trials=3"]
     (tmp_path / "host-a").mkdir()
     trained = subprocess.run(as_here(workers) + small, cwd=tmp_path / "host-a", text=True,
-                             capture_output=True, timeout=600)
+                             capture_output=True, timeout=600,
+                             env={**os.environ, "WANDB_MODE": "offline"})  # no W&B account here
     assert trained.returncode == 0, trained.stdout + trained.stderr
     study = load_study("mlp_mnist", url)
     assert len(counted(study)) == 3
+    for trial in counted(study):  # each trial's W&B run, in its folder, offline
+        assert list(Path(trial.user_attrs["run_dir"]).glob("wandb/offline-run-*/run-*.wandb"))
     best = study.best_trial
     shutil.rmtree(tmp_path / "host-a")  # the trials' folders are not on the refitting host
 
     (tmp_path / "host-c").mkdir()
     refitted = subprocess.run(as_here(refit) + ["--seeds", "1"], cwd=tmp_path / "host-c",
                               text=True, capture_output=True, timeout=600,
-                              env={**os.environ, "MLP_SWEEP_CACHE": str(tmp_path / "cache")})
+                              env={**os.environ, "MLP_SWEEP_CACHE": str(tmp_path / "cache"),
+                                   "WANDB_MODE": "offline"})  # the trial's config logs to W&B
     assert refitted.returncode == 0, refitted.stdout + refitted.stderr
     summary = yaml.safe_load((tmp_path / "host-c" / "refit" / "mlp_mnist" / "refit.json").read_text())
     assert summary["trial_val_accuracy"] == best.value
     assert Path(summary["trial_dir"]).is_relative_to(tmp_path / "cache")
     assert (tmp_path / "host-c" / "refit" / "mlp_mnist" / "seed_0" / "model.pt").is_file()
+
+    compared = subprocess.run(as_here(compare) + ["--json", "rows.json"], cwd=tmp_path / "host-c",
+                              text=True, capture_output=True, timeout=300,
+                              env={**os.environ, "MLP_SWEEP_CACHE": str(tmp_path / "cache")})
+    assert compared.returncode == 0, compared.stdout + compared.stderr
+    shown = yaml.safe_load((tmp_path / "host-c" / "rows.json").read_text())
+    assert sorted(r["state"] for r in shown["rows"]) == ["completed"] * 3
+    assert shown["rows"][0][shown["metric"]] == best.value  # best first
 
 
 def test_a_store_that_fails_mid_run_costs_the_checkpoint_copy_not_the_run(tmp_path, small_root,
@@ -297,3 +309,32 @@ def test_a_store_that_fails_mid_run_costs_the_checkpoint_copy_not_the_run(tmp_pa
     assert 0 < objective <= 1 and (tmp_path / "run" / "model.pt").is_file()
     assert trial.user_attrs["stored_checkpoint"]["epoch"] == 1  # the last copy that was made
     assert "the checkpoint after epoch 2 could not be copied" in caplog.text
+
+
+@pytest.mark.parametrize("command, args, message", [
+    ("mlp_sweep.compare", ["--study", "mlp_mnist"], "--storage=None --study='mlp_mnist': allowed: both"),
+    ("mlp_sweep.refit", ["--storage", "sqlite:///x.db"], "--storage='sqlite:///x.db' --study=None"),
+    ("mlp_sweep.compare", ["--storage", "sqlite:///nowhere.db", "--study", "s"],
+     "--storage 'sqlite:///nowhere.db': no file nowhere.db; allowed: the storage a sweep wrote"),
+    ("mlp_sweep.refit", ["--storage", "journal:nowhere.journal", "--study", "s"],
+     "no file nowhere.journal"),
+])
+def test_a_study_named_by_halves_or_nowhere_is_one_line_and_makes_nothing(tmp_path, command,
+                                                                          args, message):
+    result = run_here(*args, cwd=tmp_path, command=command)
+    assert result.returncode == 1
+    [line] = [line for line in (result.stdout + result.stderr).splitlines() if "Error:" in line]
+    assert message in line
+    assert list(tmp_path.iterdir()) == []  # no database, no refit folder
+
+
+def test_compare_names_a_study_whose_folders_are_nowhere_here(tmp_path, small_root):
+    (tmp_path / "store").mkdir()
+    storage = swept_into(str(tmp_path / "store"), small_root, tmp_path, tmp_path / "host")
+    shutil.rmtree(tmp_path / "host")
+    shutil.rmtree(tmp_path / "store")  # the store is gone too
+    result = run_here("--storage", storage, "--study", STUDY, cwd=tmp_path,
+                      command="mlp_sweep.compare")
+    assert result.returncode == 1
+    assert (f"Error: none of the 2 trials of study '{STUDY}' has its folder on this host or in "
+            "an artifact store reachable from here") in result.stderr

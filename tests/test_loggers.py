@@ -8,6 +8,7 @@ import os
 import struct
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlflow
@@ -82,11 +83,9 @@ def metric_history(tracking_uri: str, run_id: str, key: str) -> list[tuple[int, 
     return [(m.step, m.value) for m in MlflowClient(tracking_uri).get_metric_history(run_id, key)]
 
 
-def wandb_run(run_dir: Path) -> dict:
-    """What an offline W&B run wrote under `run_dir`/wandb: its run record, config, history rows
-    (step -> values), final summary and exit code, decoded from its transaction log with W&B's
-    own record protobuf (the log is LevelDB's format: 32 KiB blocks of checksummed chunks)."""
-    [log_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+def wandb_records(log_file: Path) -> list:
+    """The records of a W&B transaction log, as far as it is written (the log is LevelDB's
+    format: 32 KiB blocks of checksummed chunks), decoded with W&B's own record protobuf."""
     data = log_file.read_bytes()
     assert data[:4] == b":W&B"
     records, pending, offset = [], b"", 7
@@ -100,6 +99,21 @@ def wandb_run(run_dir: Path) -> dict:
         if kind in (1, 4):  # a whole record, or the last chunk of one
             records.append(Record.FromString(pending))
             pending = b""
+    return records
+
+
+def wandb_run(run_dir: Path) -> dict:
+    """What an offline W&B run wrote under `run_dir`/wandb: its run record, config, history rows
+    (step -> values), final summary and exit code."""
+    [log_file] = run_dir.glob("wandb/offline-run-*/run-*.wandb")
+    # W&B's service writes the log in its own process and may end writing after `run.finish()`
+    # returns (seen under load): read until the run's exit record is there.
+    deadline = time.time() + 60
+    records = wandb_records(log_file)
+    while not any(r.WhichOneof("record_type") == "exit" for r in records) \
+            and time.time() < deadline:
+        time.sleep(0.2)
+        records = wandb_records(log_file)
 
     def values(items) -> dict:
         return {item.key or ".".join(item.nested_key): json.loads(item.value_json)
@@ -242,6 +256,19 @@ def test_a_refused_mlflow_store_is_one_config_error_and_starts_no_other_tracker(
                                           ".*MLFLOW_ALLOW_FILE_STORE=true$"):
         trackers.start(cfg)
     assert not (tmp_path / "run").exists() and not (tmp_path / "mlruns").exists()
+
+
+def test_wandb_online_without_a_login_is_one_config_error(tmp_path, monkeypatch):
+    for variable in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(variable, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no W&B settings
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    cfg = compose_config("logger=[wandb,csv]", "logger.wandb.mode=online")
+    trackers = Trackers.from_config(cfg, tmp_path / "run")
+    with pytest.raises(ConfigError, match=r"^logger=wandb cannot start a run \(.*\); allowed: "
+                                          r"`wandb login`.*logger.wandb.mode=offline"):
+        trackers.start(cfg)
+    assert not (tmp_path / "run" / "metrics.csv").exists()  # no other tracker left started
 
 
 def test_bad_tracker_values_are_one_config_error():

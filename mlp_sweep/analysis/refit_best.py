@@ -9,6 +9,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from mlp_sweep.analysis.runs import find_runs
+from mlp_sweep.analysis.stored_study import load_stored_study
 from mlp_sweep.errors import UserError
 from mlp_sweep.files import load_yaml
 
@@ -38,14 +39,9 @@ def best_trial_of_study(study_name: str, storage: str) -> Path:
     `storage`: its own when it is here, else fetched from the sweep's artifact store."""
     from mlp_sweep.sweeping.artifacts import local_run_dir
     from mlp_sweep.sweeping.results import best_of
-    from mlp_sweep.sweeping.storage import load_study
     from mlp_sweep.sweeping.warm_start import own_trials
 
-    try:
-        study = load_study(study_name, storage)
-    except KeyError:
-        raise UserError(f"--study {study_name!r} is not in {storage}; allowed: a study that "
-                        "storage holds") from None
+    study = load_stored_study(study_name, storage)
     best = best_of(study, own_trials(study))
     if best is None:
         raise UserError(f"study {study_name!r} has no completed trial to refit (or several "

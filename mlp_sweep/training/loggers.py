@@ -261,11 +261,16 @@ class WandbTracker(Tracker):
             self.files_dir.mkdir(parents=True, exist_ok=True)
         # create_new: fused trials train in one process, each with its own run open at once.
         # console="off": the run's log and progress line stay this program's, not captured twice.
-        self.run = wandb.init(
-            project=self.settings["project"], entity=self.settings["entity"],
-            mode=self.settings["mode"], group=self.group, name=self.run_name,
-            dir=str(self.files_dir) if self.files_dir else None, config=hyperparameters,
-            reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        try:
+            self.run = wandb.init(
+                project=self.settings["project"], entity=self.settings["entity"],
+                mode=self.settings["mode"], group=self.group, name=self.run_name,
+                dir=str(self.files_dir) if self.files_dir else None, config=hyperparameters,
+                reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        except (wandb.errors.UsageError, wandb.errors.CommError) as error:  # no login, no network
+            raise ConfigError(f"logger=wandb cannot start a run ({first_line(error)}); allowed: "
+                              "`wandb login` (or WANDB_API_KEY), or logger.wandb.mode=offline "
+                              "and `wandb sync` later") from None
         self.run.summary.update({"state": "running", **self.tags})
         folder = Path(self.run.dir).absolute().parent  # the run's own, beside files/
         if self.run.settings.mode == "online":
