@@ -60,7 +60,7 @@ bench-precision: $(INSTALLED) ## trainer.precision=bf16 against fp32: epoch time
 bench-fused: $(INSTALLED)    ## fused trials and bf16 against trials alone in fp32: speed, stacks, 5-minute searches (about 70 minutes)
 	$(PY) benchmarks/fused.py
 
-bench-checkpoints: $(INSTALLED) ## a checkpoint after every epoch: its cost per epoch, and a kill's cost with and without (about 12 minutes)
+bench-checkpoints: $(INSTALLED) ## a checkpoint after every epoch: its cost per epoch, and a real kill with and without (about 18 minutes)
 	$(PY) benchmarks/checkpoints.py
 
 bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)

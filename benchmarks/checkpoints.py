@@ -1,6 +1,6 @@
 """What a checkpoint after every epoch costs, and what it saves when a trial is killed.
 
-    make bench-checkpoints   (= .venv/bin/python benchmarks/checkpoints.py; about 12 minutes)
+    make bench-checkpoints   (= .venv/bin/python benchmarks/checkpoints.py; about 18 minutes)
 
 For the `optuna` preset's recipe, its 30-minute best's shape and its widest trials (4 x 2048,
 layer norm, AdamW), each trained as a trial trains (precision auto, batch 256, MNIST's 54000
@@ -14,13 +14,21 @@ Derived, and labelled so: what a kill at epoch K of a 27-epoch trial costs the s
 checkpoints (the retry trains those K epochs again) and with them (the epoch under way, at most
 one, and the load).
 
+Part `kill` measures one real kill of a 27-epoch trial of the 30-minute best's shape: the whole
+run, the run killed with SIGKILL after epoch 25, and its resume from the checkpoint, each in its
+own process (about 6 minutes). `--parts speed` or `--parts kill` runs one part and keeps the
+other's earlier results.
+
 Writes benchmarks/results/checkpoints.{json,md}.
 """
 
+import argparse
 import json
 import os
 import platform
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -31,7 +39,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
-EPOCHS, REPEATS, TRIAL_EPOCHS = 3, 2, 27
+EPOCHS, REPEATS, TRIAL_EPOCHS, KILL_AT = 3, 2, 27, 25
 # Checkpoints off; on (the run folder); on and copied to an artifact store (hydra.sweeper.artifacts)
 MODES = ("on", "off", "store")
 # (label, depth, width, norm): the preset's enqueued recipe, the 30-minute best's shape, its widest
@@ -173,19 +181,80 @@ def markdown(report: dict) -> str:
         for k, cost in r["kill_cost_s"].items():
             lines.append(f"| {label} | {k} | {cost['without']:.0f} s | "
                          f"{cost['with_at_most']:.0f} s |")
+    if "kill" in report:
+        kill = report["kill"]
+        lines += ["", f"A real kill ({kill['date']}): {kill['model']}, {TRIAL_EPOCHS} epochs, "
+                  f"SIGKILL after epoch {kill['kill_after_epochs']}, each run its own process:", "",
+                  "| whole run | killed run | resumed from its checkpoint | lost without checkpoints "
+                  "| lost with them |", "| ---: | ---: | ---: | ---: | ---: |",
+                  f"| {kill['whole_s']:.0f} s | {kill['killed_s']:.0f} s | "
+                  f"{kill['resumed_s']:.0f} s | {kill['lost_without_s']:.0f} s | "
+                  f"{kill['lost_with_s']:.0f} s |"]
     return "\n".join(lines) + "\n"
 
 
+def cli_run(args: list[str], kill_after: int | None = None) -> float:
+    """`python -m mlp_sweep.train ARGS` in its own process: its wall time, from start to exit or
+    to the SIGKILL sent once `kill_after` epochs are in its metrics.json."""
+    run_dir = Path(next(a for a in args if a.startswith("hydra.run.dir=")).split("=", 1)[1])
+    start = time.perf_counter()
+    process = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    while kill_after is not None and process.poll() is None:
+        try:
+            if len(json.loads((run_dir / "metrics.json").read_text())["epochs"]) >= kill_after:
+                process.send_signal(signal.SIGKILL)
+                break
+        except (FileNotFoundError, json.JSONDecodeError, KeyError):
+            pass
+        time.sleep(0.05)
+    code = process.wait()
+    if kill_after is None and code != 0:
+        raise RuntimeError(f"{args} exited with {code}")
+    return time.perf_counter() - start
+
+
+def measured_kill(data: Path, scratch: Path) -> dict:
+    """A real kill, measured: the 30-minute best's shape (3 x 1105, layer norm) as a 27-epoch
+    trial, run whole; run again and killed with SIGKILL once KILL_AT epochs are done; then the
+    killed run resumed from its checkpoint (`trainer.resume`, what a retried trial does). The
+    time lost without checkpoints is the killed run's whole wall time (its retry starts over);
+    with them, the killed run and the resumed one together, less the whole run."""
+    depth, width, norm = 3, 1105, "layer"
+    base = ["hparams_search=optuna", f"dataset.root={data}", f"model.depth={depth}",
+            f"model.width={width}", f"model.norm={norm}", "trainer.batch_size=256",
+            "trainer.progress=false"]
+    whole = cli_run([*base, f"hydra.run.dir={scratch / 'whole'}"])
+    killed = cli_run([*base, f"hydra.run.dir={scratch / 'killed'}"], kill_after=KILL_AT)
+    resumed = cli_run([*base, f"hydra.run.dir={scratch / 'resumed'}",
+                       f"trainer.resume={scratch / 'killed'}"])
+    result = {"model": f"{depth} x {width}, layer norm", "kill_after_epochs": KILL_AT,
+              "whole_s": whole, "killed_s": killed, "resumed_s": resumed,
+              "lost_without_s": killed, "lost_with_s": killed + resumed - whole}
+    print(f"measured kill: {json.dumps(result)}", flush=True)
+    return result
+
+
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--parts", default="speed,kill", help="speed, kill or both (default)")
+    parts = parser.parse_args().parts.split(",")
     os.chdir(ROOT)
     data = ROOT / "data"  # where `make train` puts MNIST
+    earlier = RESULTS / "checkpoints.json"
+    report = json.loads(earlier.read_text()) if earlier.is_file() else {}
+    report.update({"machine": f"{platform.machine()}, {os.cpu_count()} cores; "
+                              f"torch {torch.__version__}"})
     with tempfile.TemporaryDirectory(prefix="bench_checkpoints_") as scratch:
-        models = measure(data, Path(scratch))
-    report = {"machine": f"{platform.machine()}, {os.cpu_count()} cores; torch {torch.__version__}",
-              "date": datetime.now().strftime("%Y-%m-%d %H:%M"), "epochs": EPOCHS,
-              "repeats": REPEATS, "models": models}
+        if "speed" in parts:
+            report.update({"date": datetime.now().strftime("%Y-%m-%d %H:%M"), "epochs": EPOCHS,
+                           "repeats": REPEATS, "models": measure(data, Path(scratch))})
+        if "kill" in parts:
+            report["kill"] = {"date": datetime.now().strftime("%Y-%m-%d %H:%M"),
+                              **measured_kill(data, Path(scratch))}
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "checkpoints.json").write_text(json.dumps(report, indent=2) + "\n")
+    earlier.write_text(json.dumps(report, indent=2) + "\n")
     (RESULTS / "checkpoints.md").write_text(markdown(report))
     sys.stdout.write(markdown(report))
 
