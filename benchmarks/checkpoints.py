@@ -60,7 +60,8 @@ def compose_trial(data: Path, depth: int, width: int, norm: str, checkpoint: boo
 
 class SaveTimer:
     """Times each Checkpoints.save of this process (the copy to a store, if any, included) and
-    each copy to a store alone, and keeps the size of what was written."""
+    each copy to a store alone, and keeps the size of what was written; the methods are the
+    project's own again when the `with` block ends."""
 
     def __init__(self) -> None:
         from mlp_sweep.sweeping.artifacts import StoredCheckpoint
@@ -82,7 +83,17 @@ class SaveTimer:
             copy(stored, path, epoch)
             self.copy_seconds.append(time.perf_counter() - start)
 
+        self.originals = save, copy
         Checkpoints.save, StoredCheckpoint.saved = timed_save, timed_copy
+
+    def __enter__(self) -> "SaveTimer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        from mlp_sweep.sweeping.artifacts import StoredCheckpoint
+        from mlp_sweep.training.checkpoint import Checkpoints
+
+        Checkpoints.save, StoredCheckpoint.saved = self.originals
 
 
 def one_run(cfg, run_dir: Path, store: Path | None) -> list[float]:
@@ -126,7 +137,11 @@ def load_seconds(run_dir: Path, cfg) -> float:
 
 
 def measure(data: Path, scratch: Path) -> dict:
-    timer = SaveTimer()
+    with SaveTimer() as timer:
+        return _measure(data, scratch, timer)
+
+
+def _measure(data: Path, scratch: Path, timer: SaveTimer) -> dict:
     result = {}
     for label, depth, width, norm in MODELS:
         gaps: dict[str, list[float]] = {mode: [] for mode in MODES}
