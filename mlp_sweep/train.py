@@ -62,8 +62,7 @@ def earlier_attempt(trial: TrialLink | None) -> tuple[str, dict] | None:
     if trial is None:
         return None
     spec = trial.spec
-    stored = spec.stored_checkpoints or ("",) * len(spec.resume_from)
-    for folder, artifact_id in zip(spec.resume_from, stored):
+    for folder, artifact_id in zip(spec.resume_from, spec.stored_checkpoints, strict=True):
         state = Checkpoints(Path(folder)).load()
         if state is not None:
             return folder, state

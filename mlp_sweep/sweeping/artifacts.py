@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from mlp_sweep.errors import UserError, first_line, install_command
+from mlp_sweep.errors import MissingExtraError, UserError, first_line, install_command
 from mlp_sweep.files import replace_atomically
 from mlp_sweep.sweeping import trial_attrs
 
@@ -66,10 +66,15 @@ def open_store(url: str) -> Any:
         try:
             return Boto3ArtifactStore(url[len("s3://"):])
         except ImportError as error:
-            raise StoreError(f"hydra.sweeper.artifacts={url!r} needs boto3 "
-                             f"({first_line(error, with_type=False)}); install it with: "
-                             f"{install_command('s3')}") from None
-    return FileSystemArtifactStore(url[len("file://"):])
+            raise MissingExtraError(f"hydra.sweeper.artifacts={url!r} needs boto3 "
+                                    f"({first_line(error, with_type=False)}); install it with: "
+                                    f"{install_command('s3')}") from None
+    return FileSystemArtifactStore(_folder_of(url))
+
+
+def _folder_of(url: str) -> str:
+    """The folder a canonical file:// URL names."""
+    return url.removeprefix("file://")
 
 
 def checked_store(url: str) -> Any:
@@ -78,8 +83,8 @@ def checked_store(url: str) -> Any:
     store = open_store(url)
     probe, content = f"probe-{uuid.uuid4().hex}", b"mlp_sweep"
     try:
-        if url.startswith("file://") and not Path(url[len("file://"):]).is_dir():
-            raise FileNotFoundError(f"no folder {url[len('file://'):]}")
+        if url.startswith("file://") and not Path(_folder_of(url)).is_dir():
+            raise FileNotFoundError(f"no folder {_folder_of(url)}")
         store.write(probe, io.BytesIO(content))
         with contextlib.closing(store.open_reader(probe)) as reader:
             if reader.read() != content:

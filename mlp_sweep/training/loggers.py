@@ -64,7 +64,9 @@ class Trackers:
             run_name = str(trial_number)
         else:
             run_name = run_dir.name if run_dir else None  # None: the tracker makes up a name
-        tags = {"trial": trial_number, "run_dir": run_dir}
+        # What the run is, as text tags (MLflow's tags, W&B's summary); a missing one left out
+        tags = {key: str(value) for key, value in
+                (("trial", trial_number), ("run_dir", run_dir)) if value is not None}
         if "mlflow" in chosen:  # first: its store is the likeliest to refuse a start
             settings = chosen["mlflow"]
             trackers.append(MLflowTracker(
@@ -179,11 +181,11 @@ class MLflowTracker(Tracker):
     STATUS = {"completed": "FINISHED", "pruned": "KILLED", "failed": "FAILED"}
 
     def __init__(self, tracking_uri: str, experiment_name: str, run_name: str | None,
-                 tags: dict[str, Any]) -> None:
+                 tags: dict[str, str]) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.run_name = run_name
-        self.tags = {key: str(value) for key, value in tags.items() if value is not None}
+        self.tags = tags
         self.where = f"{tracking_uri}, experiment {experiment_name!r}"
 
     def start(self, hyperparameters: dict[str, Any]) -> None:
@@ -246,12 +248,12 @@ class WandbTracker(Tracker):
     name = "wandb"
 
     def __init__(self, settings: dict[str, Any], files_dir: Path | None, group: str | None,
-                 run_name: str | None, tags: dict[str, Any]) -> None:
+                 run_name: str | None, tags: dict[str, str]) -> None:
         self.settings = settings
         self.files_dir = files_dir
         self.group = group
         self.run_name = run_name
-        self.tags = {key: str(value) for key, value in tags.items() if value is not None}
+        self.tags = tags
         self.where = f"W&B project {settings['project']!r}"
 
     def start(self, hyperparameters: dict[str, Any]) -> None:
