@@ -78,7 +78,7 @@ def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64, precision:
     from omegaconf import OmegaConf
 
     from mlp_sweep.training.data import load_splits
-    from mlp_sweep.training.engine import evaluate, train_epoch
+    from mlp_sweep.training.engine import accuracy, train_model_epoch
     from mlp_sweep.training.model import MLP
 
     conf = Path(__file__).resolve().parents[1] / "conf"
@@ -88,17 +88,16 @@ def mlp_sweep_pipeline(root: Path, epochs: int, batch_size: int = 64, precision:
     torch.manual_seed(SEED)
     model = MLP((1, 28, 28), HIDDEN, 10)
     optimizer = torch.optim.Adam(model.parameters(), lr=adam.lr, fused=adam.fused)
-    generator = torch.Generator().manual_seed(SEED)
     epoch_times = []
-    for _ in range(epochs):
+    for epoch in range(epochs):
         start = time.perf_counter()
-        train_epoch(model, optimizer, splits.train, batch_size, generator,
+        train_model_epoch(model, optimizer, splits.train, batch_size, SEED + epoch,
                     dtype=torch.bfloat16 if precision == "bf16" else torch.float32)
         epoch_times.append(time.perf_counter() - start)
     start = time.perf_counter()
-    accuracy = evaluate(model, splits.test)
+    accuracy_ = accuracy(model, splits.test)
     return {"epoch_times_s": epoch_times, "eval_s": time.perf_counter() - start,
-            "test_accuracy": accuracy}
+            "test_accuracy": accuracy_}
 
 
 def matmul_gflops(m: int = 2048, k: int = 2048, n: int = 2048, repeats: int = 10) -> float:

@@ -48,7 +48,7 @@ def epoch_times(data: Path, repeats: int = 2) -> dict:
     from omegaconf import OmegaConf
 
     from mlp_sweep.training.data import load_splits
-    from mlp_sweep.training.engine import train_epoch
+    from mlp_sweep.training.engine import train_model_epoch
     from mlp_sweep.training.model import MLP
 
     dataset = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf/dataset/mnist.yaml")
@@ -63,12 +63,12 @@ def epoch_times(data: Path, repeats: int = 2) -> dict:
             model.parameters(), 1e-3, fused=True)
         times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
         for precision in PRECISIONS:  # warm-up, on a tenth of an epoch
-            train_epoch(model, optimizer, train.head(len(train) // 10), batch,
-                        torch.Generator().manual_seed(0), dtype=dtype_of(precision))
+            train_model_epoch(model, optimizer, train.head(len(train) // 10), batch, 0,
+                              dtype=dtype_of(precision))
         for repeat in range(repeats):  # interleaved: a slow minute of the machine hits both
             for precision in PRECISIONS:
                 start = time.perf_counter()
-                train_epoch(model, optimizer, train, batch, torch.Generator().manual_seed(repeat),
+                train_model_epoch(model, optimizer, train, batch, repeat,
                             dtype=dtype_of(precision))
                 times[precision].append(time.perf_counter() - start)
         medians = {p: statistics.median(t) for p, t in times.items()}

@@ -17,7 +17,7 @@ from torch.profiler import ProfilerActivity, profile, record_function
 
 from mlp_sweep.training.build import build_training
 from mlp_sweep.training.data import load_splits
-from mlp_sweep.training.engine import train_epoch
+from mlp_sweep.training.engine import train_model_epoch
 from mlp_sweep.training.model import parameter_count
 
 OPERATOR_GROUPS = {"matrix multiplies": ("aten::addmm", "aten::mm", "aten::matmul", "aten::linear"),
@@ -37,14 +37,14 @@ def main() -> None:
     cfg.trainer.epochs = 2
     model, optimizer, loss_fn, plain, schedule = build_training(cfg, len(train))
 
-    def augment(x):
+    def augment(x, generator):
         with record_function("augment"):
-            return plain(x)
+            return plain(x, generator)
 
     def epoch() -> float:
         start = time.perf_counter()
-        train_epoch(model, optimizer, train, cfg.trainer.batch_size, torch.Generator().manual_seed(0),
-                    loss_fn=loss_fn, augment=augment if plain else None, schedule=schedule)
+        train_model_epoch(model, optimizer, train, cfg.trainer.batch_size, 0, loss_fn=loss_fn,
+                          augment=augment if plain else None, schedule=schedule)
         return time.perf_counter() - start
 
     warm = epoch()

@@ -54,7 +54,7 @@ def augment_cost(data: Path) -> dict:
 
     from mlp_sweep.training.augment import build_augment
     from mlp_sweep.training.data import load_splits
-    from mlp_sweep.training.engine import train_epoch
+    from mlp_sweep.training.engine import train_model_epoch
     from mlp_sweep.training.model import MLP
 
     conf = Path(__file__).resolve().parents[1] / "conf"
@@ -67,11 +67,11 @@ def augment_cost(data: Path) -> dict:
     model = MLP([1, 28, 28], [1024, 1024], 10, dropout=0.2)
     optimizer = torch.optim.AdamW(model.parameters(), 1e-3, fused=True)
     epochs: dict[str, list[float]] = {name: [] for name in augments}
-    train_epoch(model, optimizer, train, 128, torch.Generator().manual_seed(0))  # warm-up
+    train_model_epoch(model, optimizer, train, 128, 0)  # warm-up
     for repeat in range(3):  # interleaved, so that a slow minute of the machine hits all three
         for name, augment in augments.items():
             start = time.perf_counter()
-            train_epoch(model, optimizer, train, 128, torch.Generator().manual_seed(repeat),
+            train_model_epoch(model, optimizer, train, 128, repeat,
                         augment=augment)
             epochs[name].append(time.perf_counter() - start)
     times = {name: statistics.median(t) for name, t in epochs.items()}

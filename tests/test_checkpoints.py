@@ -87,7 +87,7 @@ def test_a_checkpoint_cut_short_is_passed_over_for_the_one_before(tmp_path, smal
     (lambda folder, root: kill_after_epoch(
         [*SMALL_DATA, f"dataset.root={root}", "trainer.epochs=50", "model.hidden_sizes=[32]"],
         folder, 2, folder.parent),
-     "is a checkpoint of another model"),
+     "model.hidden_sizes=[128, 64] but trainer.resume="),
 ])
 def test_a_resume_that_cannot_be_is_one_line(tmp_path, small_root, make, allowed):
     folder = tmp_path / "earlier"
@@ -98,3 +98,67 @@ def test_a_resume_that_cannot_be_is_one_line(tmp_path, small_root, make, allowed
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "allowed" in line]
     assert len(errors) == 1 and f"trainer.resume={folder}" in errors[0] and allowed in errors[0]
     assert not (tmp_path / "run" / "model.pt").exists()
+
+
+def interrupted_after(args: list[str], run_dir: Path, epoch: int) -> None:
+    """Run in this process and interrupt it as epoch `epoch + 1` ends: its checkpoint is the
+    one after epoch `epoch`, as a kill then leaves it."""
+    from mlp_sweep.training.run import train_run
+
+    def interrupt(metrics):
+        if metrics.epoch == epoch + 1:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train_run(compose_config(*args), run_dir, on_epoch=interrupt)
+
+
+def test_a_resume_with_more_epochs_goes_on_as_a_run_started_with_them(tmp_path, small_root):
+    # No schedule depends on the length: the run goes on to the epochs a 6-epoch run has, and
+    # its metrics keep the earlier epochs' end times, leaving them out of its training time and
+    # its trackers (the earlier run's have them).
+    args = [*SMALL_DATA, f"dataset.root={small_root}", "dataset.val_size=500", "model.dropout=0.2",
+            "augment=shift", "optimizer=adamw", "scheduler=step"]
+    train(compose_config(*args, "trainer.epochs=6"), run_dir=tmp_path / "whole")
+    interrupted_after([*args, "trainer.epochs=4"], tmp_path / "short", 2)
+    earlier = epochs(tmp_path / "short")[:2]
+    result = run_here(*args, "trainer.epochs=6", f"trainer.resume={tmp_path / 'short'}",
+                      "trainer.threads=1", "logger=csv", f"hydra.run.dir={tmp_path / 'longer'}",
+                      cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert same_epochs(epochs(tmp_path / "longer"), epochs(tmp_path / "whole"))
+    metrics = json.loads((tmp_path / "longer" / "metrics.json").read_text())
+    assert [m["ended_at"] for m in metrics["epochs"][:2]] == [m["ended_at"] for m in earlier]
+    assert metrics["resumed_after"] == 2 and metrics["threads"] == 1
+    assert metrics["train_time_s"] == pytest.approx(
+        sum(m["epoch_time_s"] for m in metrics["epochs"][2:]))
+    logged = (tmp_path / "longer" / "metrics.csv").read_text().splitlines()
+    assert [line.split(",")[0] for line in logged[1:]] == ["3", "4", "5", "6"]
+
+
+@pytest.mark.parametrize("changed, message", [
+    (["trainer.epochs=10", "scheduler=onecycle"],
+     "trainer.epochs=10 but trainer.resume={folder} was trained with trainer.epochs=6 under a "
+     "schedule planned for that length"),
+    (["trainer.epochs=6", "scheduler=onecycle", "optimizer.lr=0.01"],
+     "optimizer.lr=0.01 but trainer.resume={folder} was trained with optimizer.lr=0.001"),
+    (["trainer.epochs=6", "scheduler=none"],
+     "scheduler._target_=null but trainer.resume={folder} was trained with "
+     "scheduler._target_=torch.optim.lr_scheduler.OneCycleLR"),
+    (["trainer.epochs=2", "scheduler=onecycle"],
+     "trainer.epochs=2 but trainer.resume={folder} has already trained 2 epochs; allowed: "
+     "trainer.epochs > 2"),
+])
+def test_a_resume_that_would_change_what_is_trained_is_refused_in_one_line(
+        tmp_path, small_root, changed, message):
+    args = [*SMALL_DATA, f"dataset.root={small_root}"]
+    folder = tmp_path / "earlier"
+    interrupted_after([*args, "trainer.epochs=6", "scheduler=onecycle"], folder, 2)
+    result = run_here(*args, *changed, f"trainer.resume={folder}",
+                      f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert result.returncode == 1
+    output = result.stdout + result.stderr
+    errors = [line for line in output.splitlines() if "allowed" in line]
+    assert len(errors) == 1 and message.format(folder=folder) in errors[0], output
+    assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()
+    assert (folder / "checkpoint.pt").is_file()  # nothing lost

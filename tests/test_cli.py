@@ -14,7 +14,7 @@ import yaml
 
 from mlp_sweep.train import train
 from mlp_sweep.training.data import load_splits
-from mlp_sweep.training.engine import evaluate
+from mlp_sweep.training.engine import accuracy
 from mlp_sweep.training.model import MLP
 
 from conftest import QUICK, compose_config, run_here
@@ -54,7 +54,7 @@ def test_single_run_leaves_config_log_metrics_and_weights(tmp_path, mnist_root):
     model = MLP((1, 28, 28), [128, 64], 10)
     model.load_state_dict(torch.load(run / "model.pt", weights_only=True))
     test = load_splits(compose_config(f"dataset.root={mnist_root}", "dataset.test_limit=1000").dataset).test
-    assert evaluate(model, test) == metrics["test_accuracy"]
+    assert accuracy(model, test) == metrics["test_accuracy"]
 
 
 def test_runs_started_together_never_share_a_folder(tmp_path, mnist_root):

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mlp_sweep.training.data import Split, Splits, load_splits
-from mlp_sweep.training.engine import (DivergedError, EpochMetrics, batch_bounds, best_epoch, evaluate, fit,
-                                       train_epoch)
+from mlp_sweep.training.engine import (DivergedError, EpochMetrics, accuracy, batch_bounds, best_epoch,
+                                       fit_model, train_model_epoch)
 from mlp_sweep.training.model import MLP
 
 from conftest import compose_config
@@ -46,8 +46,7 @@ def test_fast_path_and_dataloader_give_the_same_losses_on_the_same_batches(mnist
     fast = seed_model()
     logits_per_batch = []
     hook = fast.register_forward_hook(lambda module, inputs, output: logits_per_batch.append(output))
-    train_epoch(fast, torch.optim.Adam(fast.parameters(), lr=1e-3), train, 64,
-                torch.Generator().manual_seed(SEED))
+    train_model_epoch(fast, torch.optim.Adam(fast.parameters(), lr=1e-3), train, 64, SEED)
     hook.remove()
     labels = train.labels[order]
     fast_losses = [nn.functional.cross_entropy(logits, labels[i * 64:(i + 1) * 64]).item()
@@ -70,7 +69,7 @@ def test_evaluate_matches_the_course_torch_max_loop(mnist_root):
             _, predicted = torch.max(model(images).data, 1)
             total += labels.size(0)
             correct += (predicted == labels).sum().item()
-    assert evaluate(model, test) == correct / total
+    assert accuracy(model, test) == correct / total
 
 
 def test_training_stops_at_the_first_non_finite_loss():
@@ -78,7 +77,7 @@ def test_training_stops_at_the_first_non_finite_loss():
     model = MLP((1, 4, 4), [8], 3)
     optimizer = torch.optim.SGD(model.parameters(), lr=math.inf)
     with pytest.raises(DivergedError, match="training loss is nan at sample 64"):
-        train_epoch(model, optimizer, split, 64, torch.Generator().manual_seed(0))
+        train_model_epoch(model, optimizer, split, 64, 0)
 
 
 def test_fit_reports_every_epoch_and_learns():
@@ -87,8 +86,8 @@ def test_fit_reports_every_epoch_and_learns():
     split = Split(inputs, (inputs.flatten(1).sum(1) > 0).long())
     model = MLP((1, 2, 2), [16], 2)
     seen = []
-    history = fit(model, torch.optim.Adam(model.parameters(), lr=1e-2), Splits(split, split, split),
-                  epochs=3, batch_size=32, generator=torch.Generator().manual_seed(0),
+    history = fit_model(model, torch.optim.Adam(model.parameters(), lr=1e-2), Splits(split, split, split),
+                  epochs=3, batch_size=32, seed=0,
                   on_epoch=lambda so_far: seen.append(list(so_far)), progress=False)
     assert [[m.epoch for m in so_far] for so_far in seen] == [[1], [1, 2], [1, 2, 3]]
     assert seen[-1] == history
@@ -112,14 +111,14 @@ def test_the_model_ends_with_its_best_validation_epochs_weights():
         weights[history[-1].epoch] = {k: v.clone() for k, v in model.state_dict().items()}
 
     # A learning rate that makes the later epochs worse than an early one.
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=3.0), Splits(train, val, val),
-                  epochs=6, batch_size=32, generator=torch.Generator().manual_seed(0),
+    history = fit_model(model, torch.optim.SGD(model.parameters(), lr=3.0), Splits(train, val, val),
+                  epochs=6, batch_size=32, seed=0,
                   on_epoch=remember, progress=False)
     best = best_epoch(history)
     assert best.val_accuracy == max(m.val_accuracy for m in history)
     for key, value in model.state_dict().items():
         assert torch.equal(value, weights[best.epoch][key])
-    assert evaluate(model, val) == best.val_accuracy
+    assert accuracy(model, val) == best.val_accuracy
 
 
 def test_without_validation_the_last_epoch_is_kept_and_the_test_set_never_chooses():
@@ -132,8 +131,8 @@ def test_early_stopping_waits_patience_epochs_after_the_best():
     split = separable()
     model = MLP((1, 2, 2), [16], 2)
     # lr 0: nothing changes, so epoch 1 stays the best and the run stops `patience` epochs later.
-    history = fit(model, torch.optim.SGD(model.parameters(), lr=0.0), Splits(split, split, split),
-                  epochs=20, batch_size=64, generator=torch.Generator().manual_seed(0),
+    history = fit_model(model, torch.optim.SGD(model.parameters(), lr=0.0), Splits(split, split, split),
+                  epochs=20, batch_size=64, seed=0,
                   progress=False, patience=3)
     assert [m.epoch for m in history] == [1, 2, 3, 4]
     assert best_epoch(history).epoch == 1
@@ -144,16 +143,15 @@ def test_label_smoothing_and_augment_reach_the_training_step():
     split = separable(64)
     seen = []
 
-    def augment(x):
+    def augment(x, generator):
         seen.append(x.shape[0])
         return x
 
     model = MLP((1, 2, 2), [4], 2)
-    loss_plain, _ = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32,
-                                torch.Generator().manual_seed(0))
-    loss_smooth, _ = train_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32,
-                                 torch.Generator().manual_seed(0), augment=augment,
-                                 loss_fn=nn.CrossEntropyLoss(label_smoothing=0.5))
+    loss_plain, _ = train_model_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32)
+    loss_smooth, _ = train_model_epoch(model, torch.optim.SGD(model.parameters(), lr=0.0), split, 32,
+                                       augment=augment,
+                                       loss_fn=nn.CrossEntropyLoss(label_smoothing=0.5))
     assert seen == [32, 32]
     assert loss_smooth != pytest.approx(loss_plain)
 
@@ -173,6 +171,6 @@ def test_batch_norm_trains_when_the_last_batch_would_hold_one_sample():
     model = MLP((1, 2, 2), [16], 2, norm="batch")
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     data = separable(n=129)  # 64 + 64 + 1
-    history = fit(model, optimizer, Splits(data, None, separable(n=256, seed=1)), epochs=2,
-                  batch_size=64, generator=torch.Generator().manual_seed(0), progress=False)
+    history = fit_model(model, optimizer, Splits(data, None, separable(n=256, seed=1)), epochs=2,
+                  batch_size=64, seed=0, progress=False)
     assert len(history) == 2 and math.isfinite(history[-1].train_loss)

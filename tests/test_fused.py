@@ -11,8 +11,7 @@ from omegaconf import OmegaConf
 
 from mlp_sweep.training.build import build_training
 from mlp_sweep.training.engine import DivergedError
-from mlp_sweep.training.fused_run import GroupMember, train_group
-from mlp_sweep.training.run import train_run
+from mlp_sweep.training.run import Run, train_run, train_runs
 
 from conftest import SMALL_DATA, compose_config, run_here
 
@@ -38,20 +37,24 @@ def epochs(run_dir: Path) -> list[dict]:
 
 
 def assert_same_run(fused: Path, single: Path) -> None:
-    for a, b in zip(epochs(fused), epochs(single), strict=True):
-        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-        for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
-            assert a[key] == pytest.approx(b[key], abs=0.002), key
+    assert_same_epochs(fused, single)
     fused_weights, single_weights = (torch.load(f / "model.pt") for f in (fused, single))
     assert fused_weights.keys() == single_weights.keys()  # model.pt loads as a single run's
     for name in single_weights:
         torch.testing.assert_close(fused_weights[name], single_weights[name], rtol=1e-3, atol=1e-4)
 
 
+def assert_same_epochs(fused: Path, single: Path) -> None:
+    for a, b in zip(epochs(fused), epochs(single), strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        for key in ("train_accuracy", "val_accuracy", "test_accuracy"):
+            assert a[key] == pytest.approx(b[key], abs=0.002), key
+
+
 def test_each_member_of_a_stack_trains_as_its_single_run(tmp_path, small_root):
     cfgs = {name: member_cfg(small_root, *own) for name, own in OWN.items()}
-    outcomes = train_group([GroupMember(name, cfg, tmp_path / f"fused{name}")
-                            for name, cfg in cfgs.items()])
+    outcomes = train_runs([Run(cfg, tmp_path / f"fused{name}", name=name)
+                           for name, cfg in cfgs.items()])
     for name, cfg in cfgs.items():
         single = train_run(cfg, tmp_path / f"single{name}")
         assert outcomes[name] == pytest.approx(single, abs=0.002)
@@ -60,18 +63,43 @@ def test_each_member_of_a_stack_trains_as_its_single_run(tmp_path, small_root):
         assert summary["trained_with"] == [n for n in OWN if n != name]
 
 
+def test_members_with_dropout_and_augmentation_train_as_their_single_runs(tmp_path, small_root):
+    # Each member draws its dropout from its own stream and the batch's shift from one that no
+    # dropout touches: its epochs are its single run's whatever its stack-mates are, including
+    # when a mate with dropout ends after epoch 1 and the stack goes on smaller.
+    def prune_after_epoch_1(metrics):
+        raise optuna.TrialPruned("pruned after step 1")
+
+    own = {0: ["model.dropout=0.1"], 1: ["model.dropout=0.45", "optimizer.lr=0.003"],
+           2: ["model.dropout=0.0", "optimizer=sgd", "optimizer.lr=0.05"],
+           3: ["model.dropout=0.3", "scheduler=onecycle"]}
+    cfgs = {name: member_cfg(small_root, "augment=shift", *extra) for name, extra in own.items()}
+    outcomes = train_runs([Run(cfg, tmp_path / f"fused{name}", name=name,
+                               on_epoch=prune_after_epoch_1 if name == 1 else None)
+                           for name, cfg in cfgs.items()])
+    assert isinstance(outcomes[1], optuna.TrialPruned)
+    for name in (0, 2, 3):
+        single = train_run(cfgs[name], tmp_path / f"single{name}")
+        assert outcomes[name] == pytest.approx(single, abs=0.002)
+        assert_same_run(tmp_path / f"fused{name}", tmp_path / f"single{name}")
+    with pytest.raises(optuna.TrialPruned):
+        train_run(cfgs[1], tmp_path / "single1", on_epoch=prune_after_epoch_1)
+    assert_same_epochs(tmp_path / "fused1", tmp_path / "single1")
+
+
 def test_a_member_pruned_or_diverged_ends_alone_and_the_others_go_on(tmp_path, small_root):
     def prune_after_epoch_1(metrics):
         raise optuna.TrialPruned("pruned after step 1")
 
     members = [
-        GroupMember(0, member_cfg(small_root, *OWN[0]), tmp_path / "0"),
-        GroupMember(1, member_cfg(small_root, *OWN[2]), tmp_path / "1",
-                    on_epoch=prune_after_epoch_1),
-        GroupMember(2, member_cfg(small_root, "optimizer=sgd", "optimizer.lr=1e12"), tmp_path / "2"),
-        GroupMember(3, member_cfg(small_root, *OWN[3], "model.dropout=0.3"), tmp_path / "3"),
+        Run(member_cfg(small_root, *OWN[0]), tmp_path / "0", name=0),
+        Run(member_cfg(small_root, *OWN[2]), tmp_path / "1", on_epoch=prune_after_epoch_1,
+            name=1),
+        Run(member_cfg(small_root, "optimizer=sgd", "optimizer.lr=1e12"), tmp_path / "2",
+            name=2),
+        Run(member_cfg(small_root, *OWN[3], "model.dropout=0.3"), tmp_path / "3", name=3),
     ]
-    outcomes = train_group(members)
+    outcomes = train_runs(members)
     assert isinstance(outcomes[1], optuna.TrialPruned)
     assert isinstance(outcomes[2], DivergedError)
     assert isinstance(outcomes[0], float) and isinstance(outcomes[3], float)
@@ -91,10 +119,10 @@ def test_a_stack_interrupted_leaves_no_run_marked_running(tmp_path, small_root):
     def interrupt(metrics):
         raise KeyboardInterrupt
 
-    members = [GroupMember(0, member_cfg(small_root, *OWN[0]), tmp_path / "0"),
-               GroupMember(1, member_cfg(small_root, *OWN[1]), tmp_path / "1", on_epoch=interrupt)]
+    members = [Run(member_cfg(small_root, *OWN[0]), tmp_path / "0", name=0),
+               Run(member_cfg(small_root, *OWN[1]), tmp_path / "1", on_epoch=interrupt, name=1)]
     with pytest.raises(KeyboardInterrupt):
-        train_group(members)
+        train_runs(members)
     for member in members:
         status = json.loads((member.run_dir / "status.json").read_text())
         assert status["state"] == "failed" and not (member.run_dir / "model.pt").exists()
@@ -104,7 +132,7 @@ def test_members_that_cannot_share_a_stack_train_alone_in_turn(tmp_path, small_r
     cfgs = [member_cfg(small_root, "model.hidden_sizes=[32]"),
             member_cfg(small_root, "model.hidden_sizes=[16]"),
             member_cfg(small_root, "trainer.seed=1")]
-    outcomes = train_group([GroupMember(n, cfg, tmp_path / str(n)) for n, cfg in enumerate(cfgs)])
+    outcomes = train_runs([Run(cfg, tmp_path / str(n), name=n) for n, cfg in enumerate(cfgs)])
     assert all(isinstance(v, float) for v in outcomes.values())
     for n, cfg in enumerate(cfgs):
         assert "trained_with" not in json.loads((tmp_path / str(n) / "metrics.json").read_text())

@@ -11,7 +11,7 @@ import torch
 from mlp_sweep.errors import ConfigError
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits
-from mlp_sweep.training.engine import fit
+from mlp_sweep.training.engine import fit_model
 from mlp_sweep.training.model import MLP
 from mlp_sweep.training.precision import cpu_flags, native_bf16, training_dtype
 
@@ -32,8 +32,8 @@ def trained(dtype: torch.dtype) -> tuple[MLP, list]:
     torch.manual_seed(0)
     model = MLP((1, 8, 8), [256, 256], 4)
     data = Splits(blobs(2048, 1), blobs(512, 2), blobs(512, 3))
-    history = fit(model, torch.optim.AdamW(model.parameters(), lr=1e-3), data, epochs=3,
-                  batch_size=128, generator=torch.Generator().manual_seed(0), progress=False,
+    history = fit_model(model, torch.optim.AdamW(model.parameters(), lr=1e-3), data, epochs=3,
+                  batch_size=128, seed=0, progress=False,
                   dtype=dtype)
     return model, history
 

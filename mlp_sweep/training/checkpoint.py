@@ -1,8 +1,9 @@
 """A run's whole state after an epoch, so that a run killed mid-way continues from its last
 finished epoch with the results it would have had.
 
-`RUN_DIR/checkpoint.pt` holds the model, the optimizer, the schedule, the data order's and the
-augmentation's random streams, the history and the best epoch's weights. Each is written to a
+`RUN_DIR/checkpoint.pt` holds the model, the optimizer, the schedule, the run's random streams,
+the history with each epoch's end time, the best epoch's weights, and the config keys that
+decide what is trained (resume_check.py compares them with a resume's config). Each is written to a
 temporary name and renamed over the last one, which is first kept as `checkpoint.prev.pt`: a
 reader finds a whole file, and should the newest be unreadable, the one before it. Both go when
 the run ends (its `model.pt` stays).
@@ -36,14 +37,16 @@ class CheckpointCopy(Protocol):
 class Checkpoints:
     """The checkpoint files of one run folder, and their copy elsewhere, if the run has one."""
 
-    def __init__(self, run_dir: Path, copy: CheckpointCopy | None = None) -> None:
+    def __init__(self, run_dir: Path, copy: CheckpointCopy | None = None,
+                 about: dict[str, Any] | None = None) -> None:
         self.current = Path(run_dir, CHECKPOINT_FILE)
         self.previous = Path(run_dir, PREVIOUS_FILE)
         self.copy = copy
+        self.about = about or {}  # saved with every state: what the run is, its epochs' ends
 
     def save(self, state: dict[str, Any]) -> None:
         def write(tmp: Path) -> None:
-            torch.save(state, tmp)
+            torch.save({**state, **self.about}, tmp)
             if self.current.exists():
                 os.replace(self.current, self.previous)
 

@@ -4,6 +4,7 @@ hidden layer."""
 import math
 from collections.abc import Callable, Sequence
 
+import torch
 from omegaconf import DictConfig
 from torch import nn
 
@@ -35,10 +36,37 @@ class MLP(nn.Sequential):
                 layers.append(NORMS[norm](size))
             layers.append(activation())
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                layers.append(SeededDropout(dropout))
             width = size
         layers.append(nn.Linear(width, num_classes))
         super().__init__(*layers)
+
+
+class SeededDropout(nn.Dropout):
+    """Dropout whose masks come from its run's own random stream (`generator`, set by the
+    training loop), not torch's global one: a run's masks are then the same whether it trains
+    alone or stacked with others (stacked.py draws each member's from its own stream too)."""
+
+    generator: torch.Generator | None = None
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return inputs
+        return dropped(inputs, self.p, self.generator)
+
+
+def dropped(inputs: torch.Tensor, p: float, generator: torch.Generator | None) -> torch.Tensor:
+    """`inputs` with a share `p` of its values zeroed and the rest scaled by 1 / (1 - p), the
+    mask drawn from `generator`: the one formula of a single run's and a stack's dropout."""
+    keep = torch.rand(inputs.shape, generator=generator, device=inputs.device) >= p
+    return inputs * keep / (1 - p)
+
+
+def use_dropout_stream(model: nn.Module, generator: torch.Generator) -> None:
+    """Draw every dropout mask of `model` from `generator`."""
+    for module in model.modules():
+        if isinstance(module, SeededDropout):
+            module.generator = generator
 
 
 def hidden_sizes(model_cfg: DictConfig) -> list[int]:

@@ -41,6 +41,14 @@ def build_scheduler(cfg: DictConfig, optimizer: torch.optim.Optimizer, epochs: i
     return Schedule(scheduler, per_batch)
 
 
+def planned_for_length(cfg: DictConfig) -> bool:
+    """True when the schedule `cfg` describes is built for the run's length (it takes the total
+    number of steps): a run with other epochs would follow another schedule."""
+    if cfg.get("_target_") is None:
+        return False
+    return "total_steps" in inspect.signature(get_object(cfg._target_)).parameters
+
+
 def _check_warmup_length(cfg: DictConfig, total_steps: int) -> None:
     """torch's OneCycleLR divides by its warm-up's length in steps less one: a warm-up of exactly
     one step (pct_start x total steps = 1, a tiny run) fails inside its first step."""

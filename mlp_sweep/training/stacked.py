@@ -1,17 +1,23 @@
-"""K MLPs of one shape as one computation: each weight stacked on a leading member axis, the first
+"""How the training loop computes its members: one model alone (`SingleModel`), or K MLPs of one
+shape as one computation (`StackedMLP`): each weight stacked on a leading member axis, the first
 layer one matrix multiply on the batch they share, the others one batched multiply.
 
 The members are ordinary `MLP`s built as a single run builds them (its seed, its initialisation);
 `StackedMLP` copies their weights in and `export` copies a member's back out, so a member's
 `model.pt` is a single run's. Each member keeps its own torch optimizer and schedule, stepping
-its slice of the stacked weights (`MemberSteps`): any optimizer, each with its own settings.
+its slice of the stacked weights (`MemberSteps`): any optimizer, each with its own settings, and
+its own dropout stream.
+
+A single run is not a stack of one: the plain modules are what it saves and loads, they take
+the activations a stack cannot (PReLU's weights, RReLU's random slopes), and its one optimizer
+steps its own weights with no views in between.
 """
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-from mlp_sweep.training.model import MLP
+from mlp_sweep.training.model import MLP, dropped
 
 
 class HiddenLayer:
@@ -51,6 +57,8 @@ def unstackable_reason(model: MLP) -> str | None:
     layers, _ = hidden_layers(model)
     if any(list(layer.activation.parameters()) for layer in layers):
         return f"activation {type(layers[0].activation).__name__} has weights"
+    if any(isinstance(layer.activation, nn.RReLU) for layer in layers):
+        return "activation RReLU draws its slopes from torch's global random stream"
     return None
 
 
@@ -69,8 +77,9 @@ def _activation_key(activation: nn.Module) -> tuple:
 class StackedMLP(nn.Module):
     """The members' weights, stacked; `forward(x)` gives (members, batch, classes) logits."""
 
-    def __init__(self, members: list[MLP]) -> None:
+    def __init__(self, members: list[MLP], dropout_streams: list[torch.Generator]) -> None:
         super().__init__()
+        self.dropout_streams = list(dropout_streams)
         layers = [hidden_layers(m) for m in members]
         self.size = len(members)
         # (stacked tensor, the members' tensors) pairs: what `export` copies back
@@ -83,9 +92,8 @@ class StackedMLP(nn.Module):
         self.running: list[tuple[torch.Tensor, torch.Tensor] | None] = []
         self._batches_tracked: list[list[torch.Tensor]] = []  # per hidden layer, per member
         self.activations = [layer.activation for layer in layers[0][0]]
-        dropout = [[layer.dropout for layer in hidden] for hidden, _ in layers]
-        self.register_buffer("dropout", torch.tensor(dropout, dtype=torch.float32).reshape(
-            self.size, len(self.activations)))
+        # per member, per hidden layer
+        self.dropout = [[layer.dropout for layer in hidden] for hidden, _ in layers]
         for depth in range(len(self.activations) + 1):
             linears = [hidden[depth].linear if depth < len(hidden) else output
                        for hidden, output in layers]
@@ -153,12 +161,12 @@ class StackedMLP(nn.Module):
         return h
 
     def _dropout(self, depth: int, h: torch.Tensor) -> torch.Tensor:
-        rate = self.dropout[:, depth]
-        if not self.training or not bool((rate > 0).any()):
+        """Each member's dropout as its single run draws it: its own mask, from its own stream."""
+        if not self.training or not any(rates[depth] for rates in self.dropout):
             return h
-        keep = (1 - rate).view(-1, 1, 1)
-        mask = torch.rand_like(h, dtype=torch.float32) < keep
-        return h * mask / keep
+        return torch.stack([dropped(member, rates[depth], stream) if rates[depth] else member
+                            for member, rates, stream in zip(h, self.dropout,
+                                                             self.dropout_streams)])
 
     def export(self, member: int) -> None:
         """Copy member `member`'s stacked weights (and batch statistics) into its own MLP."""
@@ -166,19 +174,10 @@ class StackedMLP(nn.Module):
             for stacked, originals in self.sources:
                 originals[member].copy_(stacked[member])
 
-    def weights_of(self, member: int) -> list[torch.Tensor]:
-        """A copy of one member's stacked tensors: what `restore` puts back (its best epoch)."""
-        return [stacked[member].detach().clone() for stacked, _ in self.sources]
-
-    def restore(self, member: int, saved: list[torch.Tensor]) -> None:
-        with torch.no_grad():
-            for (stacked, _), tensor in zip(self.sources, saved):
-                stacked[member].copy_(tensor)
-
     def keep(self, members: list[int]) -> None:
         """Go on with `members` only (indices into the current stack): the others have ended.
         The stacked weights become new tensors (autograd fixes a leaf's shape)."""
-        index = torch.tensor(members, device=self.dropout.device)
+        index = torch.tensor(members, device=self.weights[0].device)
         replaced: dict[int, torch.Tensor] = {}
         for tensors in (self.weights, self.biases, self.norm_weights, self.norm_biases):
             for i, tensor in enumerate(tensors):
@@ -190,7 +189,8 @@ class StackedMLP(nn.Module):
             for pair in self.running]
         self.sources = [(replaced[id(stacked)], [originals[m] for m in members])
                          for stacked, originals in self.sources]
-        self.dropout = self.dropout.index_select(0, index)
+        self.dropout = [self.dropout[m] for m in members]
+        self.dropout_streams = [self.dropout_streams[m] for m in members]
         self._batches_tracked = [[counts[m] for m in members] if counts else []
                                  for counts in self._batches_tracked]
         self.size = len(members)
@@ -246,12 +246,78 @@ class MemberSteps:
         self._bind()
 
 
-def member_losses(logits: torch.Tensor, labels: torch.Tensor,
-                  label_smoothing: torch.Tensor) -> torch.Tensor:
-    """Each member's mean cross-entropy, with its own label smoothing: (members,), as
-    `F.cross_entropy(logits[k], labels, label_smoothing=s[k])` computes it."""
-    log_probs = F.log_softmax(logits.float(), dim=-1)
-    nll = -log_probs.gather(-1, labels.expand(logits.shape[0], -1).unsqueeze(-1)).squeeze(-1)
-    smooth = -log_probs.mean(-1)
-    return ((1 - label_smoothing).unsqueeze(1) * nll
-            + label_smoothing.unsqueeze(1) * smooth).mean(1)
+class Stack(nn.Module):
+    """K members as one computation: the stacked forward pass, and each member's optimizer
+    stepping its slice."""
+
+    def __init__(self, models: list[MLP], optimizers: list[torch.optim.Optimizer],
+                 dropout_streams: list[torch.Generator]) -> None:
+        super().__init__()
+        self.models = list(models)
+        self.stack = StackedMLP(self.models, dropout_streams)
+        self.steps = MemberSteps(self.stack, optimizers)
+
+    @property
+    def size(self) -> int:
+        return self.stack.size
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.stack(inputs)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.steps.zero_grad()
+
+    def step(self) -> None:
+        self.steps.step()
+
+    def export(self, member: int) -> None:
+        self.stack.export(member)
+
+    def weights_of(self, member: int) -> dict[str, torch.Tensor]:
+        """A copy of one member's weights, as its own model's state dict."""
+        self.stack.export(member)
+        return {k: v.detach().clone() for k, v in self.models[member].state_dict().items()}
+
+    def keep(self, members: list[int]) -> None:
+        self.models = [self.models[m] for m in members]
+        self.stack.keep(members)
+        self.steps.keep(members)
+
+
+class SingleModel(nn.Module):
+    """One member: its own model and optimizer, its logits with a member axis of one."""
+
+    size = 1
+
+    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        super().__init__()
+        self.model, self.optimizer = model, optimizer
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        return self.model(inputs).unsqueeze(0)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def step(self) -> None:
+        self.optimizer.step()
+
+    def export(self, member: int) -> None:
+        """Its weights are its model's own."""
+
+    def weights_of(self, member: int) -> dict[str, torch.Tensor]:
+        return {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+
+    def keep(self, members: list[int]) -> None:
+        """Never called with fewer members: the loop stops when its one member ends."""
+
+
+Computation = Stack | SingleModel
+
+
+def computation_of(models: list[MLP], optimizers: list[torch.optim.Optimizer],
+                   dropout_streams: list[torch.Generator]) -> Computation:
+    """How the loop trains these members: alone, or stacked (run.py decided they may be)."""
+    if len(models) == 1:
+        return SingleModel(models[0], optimizers[0])
+    return Stack(models, optimizers, dropout_streams)

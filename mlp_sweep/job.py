@@ -1,0 +1,126 @@
+"""A sweep job's side of its trials: what `mlp_sweep.train` runs when an mlp_optuna sweep
+launched it.
+
+The job reads its trial(s) from the description the sweeper wrote (sweeping/trial_spec.py): one
+trial, or with `hydra.sweeper.fuse` the trials fused with it, each with its own folder and
+config. Each becomes a run (training/run.py) whose epochs are reported to its trial (report,
+prune, budget), that goes on from the checkpoint an earlier attempt of the trial left (a retry),
+and whose checkpoints are copied to the sweep's artifact store, if it has one.
+"""
+
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.artifacts import StoredCheckpoint, fetched_checkpoint
+from mlp_sweep.sweeping.trial_link import TrialLink
+from mlp_sweep.sweeping.trial_spec import TrialSpec
+from mlp_sweep.training.checkpoint import Checkpoints, read_checkpoint
+from mlp_sweep.training.engine import EpochMetrics, run_ends_after
+from mlp_sweep.training.run import Outcome, Run, train_runs
+
+log = logging.getLogger(__name__)
+
+
+def train_trials(cfg: DictConfig, spec: TrialSpec, run_dir: Path | None) -> dict[int, Outcome]:
+    """Train the job's trial and those fused with it (in `run_dir`, its folder, and theirs);
+    {trial number: its objective, or what ended it}."""
+    runs = []
+    with contextlib.ExitStack() as logs:
+        for member in spec.group():
+            member_cfg, member_dir = cfg, run_dir
+            if member is not spec:
+                hydra_cfg = HydraConfig.get()
+                member_dir = Path(member.run_dir)
+                member_cfg = OmegaConf.load(member_dir / hydra_cfg.output_subdir / "config.yaml")
+                logs.enter_context(job_log_in(member_dir / f"{hydra_cfg.job.name}.log"))
+            runs.append(trial_run(member_cfg, member_dir, TrialLink.of(member)))
+        return train_runs(runs)
+
+
+def trial_run(cfg: DictConfig, run_dir: Path | None, trial: TrialLink) -> Run:
+    """The run of one trial: reported to it, going on from an earlier attempt's checkpoint."""
+    resume = earlier_attempt(trial) if cfg.trainer.get("checkpoint", True) else None
+    replayed = resume[1]["epoch"] if resume else 0
+    if resume is not None:
+        trial.note(trial_attrs.RESUMED_AFTER, replayed)
+    return Run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial, replayed),
+               tracker_identity=trial.identity, resume=resume,
+               checkpoint_copy=stored_checkpoint(trial), name=trial.spec.number)
+
+
+def earlier_attempt(trial: TrialLink) -> tuple[str, dict] | None:
+    """The newest checkpoint an earlier attempt of this trial left (it was interrupted, or its
+    worker went silent), with where it was read; None for a first attempt or one that left
+    none. An attempt's folder on another host is read through the checkpoint it copied to the
+    artifact store."""
+    spec = trial.spec
+    for folder, artifact_id in zip(spec.resume_from, spec.stored_checkpoints, strict=True):
+        state = Checkpoints(Path(folder)).load()
+        if state is not None:
+            return folder, state
+        if artifact_id and spec.artifacts:
+            with fetched_checkpoint(spec.artifacts, artifact_id) as path:
+                state = read_checkpoint(path) if path else None
+            if state is not None:
+                return f"{folder} (its checkpoint in {spec.artifacts})", state
+    return None
+
+
+def stored_checkpoint(trial: TrialLink) -> StoredCheckpoint | None:
+    """Where a trial's checkpoints are copied for its retry on another host: the sweep's
+    artifact store, if it has one and the trial's study is in a shared storage."""
+    if trial.trial is None or not trial.spec.artifacts:
+        return None
+    return StoredCheckpoint(trial.spec.artifacts, trial.trial, trial.spec.stored_checkpoints)
+
+
+def trial_reporter(cfg: DictConfig, trial: TrialLink, replayed: int = 0
+                   ) -> Callable[[EpochMetrics], None]:
+    """The epoch callback that reports a run's objective to its trial. The first `replayed`
+    epochs are an earlier attempt's, reported again: the pace (seconds per epoch, for
+    on_timeout=prune_early) is this job's own, from the end of the last of them."""
+    patience = cfg.trainer.get("early_stopping") or 0
+    history: list[EpochMetrics] = []
+    began: list[float] = []  # when this job's first epoch started: the pace leaves out start-up
+
+    def report(metrics: EpochMetrics) -> None:
+        history.append(metrics)
+        value, epoch = getattr(metrics, cfg.objective), metrics.epoch
+        last = run_ends_after(history, cfg.trainer.epochs, patience)
+        if epoch <= replayed:
+            began[:] = [time.monotonic()]
+            trial.report(value, epoch, last=last)
+            return
+        if not began:
+            began.append(time.monotonic() - metrics.epoch_time_s)
+        seconds_per_epoch = (time.monotonic() - began[0]) / (epoch - replayed)
+        trial.report(value, epoch, last=last,
+                     seconds_to_finish=seconds_per_epoch * (cfg.trainer.epochs - epoch))
+
+    return report
+
+
+@contextlib.contextmanager
+def job_log_in(path: Path) -> Iterator[None]:
+    """While the block runs, this job's log is written to `path` too, as Hydra writes it to the
+    job's folder: each fused trial's folder holds the log of the job that trained it."""
+    job_logs = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not job_logs:
+        yield
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(job_logs[0].formatter)
+    handler.setLevel(job_logs[0].level)
+    logging.getLogger().addHandler(handler)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
