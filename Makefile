@@ -57,7 +57,7 @@ bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, 3 
 bench-precision: $(INSTALLED) ## trainer.precision=bf16 against fp32: epoch times and refit accuracy, 3 seeds (about 30 minutes)
 	$(PY) benchmarks/precision.py
 
-bench-fused: $(INSTALLED)    ## fused trials and bf16 against trials alone in fp32: speed, stacks, 5-minute searches (about 70 minutes)
+bench-fused: $(INSTALLED)    ## the training loop for one model against a bare loop, K stacked against K alone, 8 trials fused against alone (about 12 minutes)
 	$(PY) benchmarks/fused.py
 
 bench-checkpoints: $(INSTALLED) ## a checkpoint after every epoch: its cost per epoch, and a real kill with and without (about 18 minutes)

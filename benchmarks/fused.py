@@ -1,21 +1,28 @@
-"""Fused trials (hydra.sweeper.fuse) and bfloat16 against trials trained alone in float32, in one
-run on this machine; every figure a ratio measured side by side.
+"""The one training loop, for one model and for K stacked (hydra.sweeper.fuse), against a bare
+loop and against trials trained alone, in one run on this machine; every figure a ratio measured
+side by side.
 
-    make bench-fused   (= .venv/bin/python benchmarks/fused.py; about 70 minutes)
-    .venv/bin/python benchmarks/fused.py --parts speed stacks      (the first 5 minutes)
-    .venv/bin/python benchmarks/fused.py --resume --parts course     (a part, added to the file)
+    make bench-fused   (= .venv/bin/python benchmarks/fused.py; about 12 minutes)
+    .venv/bin/python benchmarks/fused.py --parts loop stacks         (the first 5 minutes)
+    .venv/bin/python benchmarks/fused.py --resume --parts end-to-end   (a part, added to the file)
+    .venv/bin/python benchmarks/fused.py --resume --parts course optuna (5-minute searches, 60 min)
 
 Writes benchmarks/results/fused.{json,md} after each part:
-- speed: the course's DataLoader pipeline against mlp_sweep's single run (fp32 and bf16), each in
-  its own process, interleaved over 2 rounds: seconds per epoch (median) and the ratios;
+- loop: one epoch (training and the test evaluation) of the course MLP (batch 64, Adam with
+  torch's fused kernel) through the training loop (engine.fit, one member) against a bare loop of
+  the same math (index_select, forward, cross-entropy, zero_grad, backward, step; the same
+  evaluation), interleaved over 5 rounds: seconds (median) and the ratio;
 - stacks: one epoch (training and evaluation) of K = 1, 4, 8 and 16 course MLPs (batch 64, Adam,
   each its own learning rate) trained as one stack, in fp32 and bf16, against the same models
   trained one after another as single runs; and K = 4 of the `optuna` preset's recipe and of its
   2 x 1024 trial (batch 256, AdamW): seconds per model-epoch and the ratio;
-- course, optuna: each preset searched for 5 minutes at sampler seeds 123-125, with the defaults
-  before fused trials and bf16 (`hydra.sweeper.fuse=1 trainer.precision=fp32`) and with the
-  preset's own; trials per minute, and the best validation accuracy so far at 2 and 5 minutes
-  (read from the trials' completion times). Each search runs in its own process, one at a time.
+- end-to-end: 8 trials of `hparams_search=optuna_course` (3 epochs, [128,64], batch 64, pruning
+  off, the optimizers and rates the preset samples) as a user runs them, with
+  `hydra.sweeper.fuse=8` against `fuse=1`, one command after the other, 3 rounds in alternating
+  order: wall seconds of the whole command (median) and the ratio;
+- course, optuna: each preset searched for 5 minutes at sampler seeds 123-125, with fuse=1 fp32
+  and with the preset's own defaults; trials per minute, and the best validation accuracy so far
+  at 2 and 5 minutes (read from the trials' completion times). Not run by default.
 """
 
 import argparse
@@ -23,6 +30,7 @@ import json
 import os
 import platform
 import statistics
+import subprocess
 import sys
 import time
 from datetime import datetime
@@ -31,7 +39,6 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench import in_subprocess  # noqa: E402  (the course pipeline and mlp_sweep's, as make bench)
 from search import search  # noqa: E402  (one search in its own process, read at given times)
 
 SEEDS = (123, 124, 125)
@@ -46,25 +53,89 @@ STACKS = (  # (label, overrides, K values)
 )
 
 
-def speed(data: Path, rounds: int = 2) -> dict:
-    runs: dict[str, list[float]] = {"course pipeline": [], "mlp_sweep fp32": [], "mlp_sweep bf16": []}
-    for _ in range(rounds):
-        runs["course pipeline"] += in_subprocess("seed", data, 2)["epoch_times_s"]
-        runs["mlp_sweep fp32"] += in_subprocess("mlp_sweep", data, 3)["epoch_times_s"]
-        runs["mlp_sweep bf16"] += in_subprocess("mlp_sweep", data, 3, precision="bf16")["epoch_times_s"]
-    epoch = {name: statistics.median(times) for name, times in runs.items()}
-    return {"epoch_s": epoch, "ratio_fp32": epoch["course pipeline"] / epoch["mlp_sweep fp32"],
-            "ratio_bf16": epoch["course pipeline"] / epoch["mlp_sweep bf16"]}
+def loop_speed(data: Path, rounds: int = 5) -> dict:
+    """One epoch of one course MLP: the training loop against a bare loop of the same math."""
+    from hydra import compose, initialize_config_module
+
+    from mlp_sweep.training.build import build_training
+    from mlp_sweep.training.data import Splits, load_splits
+    from mlp_sweep.training.engine import accuracy, fit_model
+
+    with initialize_config_module(config_module="mlp_sweep.conf"):
+        cfg = compose(config_name="train", overrides=[f"dataset.root={data}"])
+    splits = load_splits(cfg.dataset)
+    splits = Splits(splits.train, None, splits.test)
+
+    def built():
+        torch.manual_seed(0)
+        return build_training(cfg, len(splits.train))
+
+    def bare_epoch() -> float:
+        model, optimizer = built()[:2]
+        start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(splits.train), generator=torch.Generator().manual_seed(0))
+        for first in range(0, len(order), 64):
+            batch = order[first:first + 64]
+            x = splits.train.inputs.index_select(0, batch)
+            y = splits.train.labels.index_select(0, batch)
+            loss = torch.nn.functional.cross_entropy(model(x), y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+        accuracy(model, splits.test)
+        return time.perf_counter() - start
+
+    def loop_epoch() -> float:
+        training = built()
+        start = time.perf_counter()
+        fit_model(training.model, training.optimizer, splits, 1, 64, loss_fn=training.loss_fn)
+        return time.perf_counter() - start
+
+    times: dict[str, list[float]] = {"bare loop": [], "the training loop": []}
+    bare_epoch(), loop_epoch()  # untimed: lazy set-up
+    for _ in range(rounds):  # interleaved: a slow minute of the machine hits both
+        times["bare loop"].append(bare_epoch())
+        times["the training loop"].append(loop_epoch())
+    epoch = {name: statistics.median(t) for name, t in times.items()}
+    result = {"epoch_s": epoch, "each_s": times,
+              "loop_over_bare": epoch["the training loop"] / epoch["bare loop"]}
+    print(result, flush=True)
+    return result
+
+
+END_TO_END = ["hparams_search=optuna_course", "model.hidden_sizes=[128,64]",
+              "trainer.batch_size=64", "trainer.epochs=3", "hydra/sweeper/pruner=none",
+              "hydra.sweeper.n_trials=8", "hydra.sweeper.storage=null"]
+
+
+def end_to_end(data: Path, runs: Path, rounds: int = 3) -> dict:
+    """8 optuna_course trials as a user runs them, fused by 8 and alone: whole-command seconds."""
+    times: dict[str, list[float]] = {"fuse=1": [], "fuse=8": []}
+    for round_ in range(rounds):
+        for fuse in ((8, 1) if round_ % 2 == 0 else (1, 8)):
+            out = runs / f"end-to-end-{round_}-fuse{fuse}"
+            start = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "mlp_sweep.train", "--multirun", *END_TO_END,
+                            f"dataset.root={data}", f"hydra.sweeper.fuse={fuse}",
+                            f"hydra.sweep.dir={out}"], check=True, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL)
+            times[f"fuse={fuse}"].append(time.perf_counter() - start)
+            completed = [json.loads(p.read_text())["state"] for p in out.glob("*/status.json")]
+            assert completed == ["completed"] * 8, completed
+    median = {name: statistics.median(t) for name, t in times.items()}
+    result = {"command_s": median, "each_s": times, "gain": median["fuse=1"] / median["fuse=8"]}
+    print(result, flush=True)
+    return result
 
 
 def stack_epochs(data: Path) -> list[dict]:
-    """Seconds per model-epoch, stacked and alone, as fused_run.py and run.py train them."""
+    """Seconds per model-epoch, stacked and alone, as the training loop trains them."""
     from hydra import compose, initialize_config_module
 
     from mlp_sweep.training.build import build_training
     from mlp_sweep.training.data import load_splits
-    from mlp_sweep.training.engine import fit
-    from mlp_sweep.training.fused_fit import Member, fit_stacked
+    from mlp_sweep.training.engine import Member, RandomStreams, fit, fit_model
 
     with initialize_config_module(config_module="mlp_sweep.conf"):
         def cfg(*overrides: str):
@@ -72,11 +143,12 @@ def stack_epochs(data: Path) -> list[dict]:
                 f"dataset.root={data}", "dataset.val_size=10000", *overrides])
 
         splits = load_splits(cfg().dataset)
+        cpu = torch.device("cpu")
         rows = []
         for label, overrides, sizes in STACKS:
             warm_up = build_training(cfg(*overrides), len(splits.train))  # untimed: lazy set-up
-            fit(warm_up.model, warm_up.optimizer, splits, 1, cfg(*overrides).trainer.batch_size,
-                torch.Generator().manual_seed(0), progress=False)
+            fit_model(warm_up.model, warm_up.optimizer, splits, 1,
+                      cfg(*overrides).trainer.batch_size)
             for precision in ("fp32", "bf16"):
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
                 for k in sizes:
@@ -87,15 +159,14 @@ def stack_epochs(data: Path) -> list[dict]:
                         built.append(build_training(c, len(splits.train)))
                     batch = cfgs[0].trainer.batch_size
                     start = time.perf_counter()
-                    for b in built[:2]:  # alone: the single run's loop, two of them timed
-                        fit(b.model, b.optimizer, splits, 1, batch, torch.Generator().manual_seed(0),
-                            progress=False, loss_fn=b.loss_fn, dtype=dtype)
+                    for b in built[:2]:  # alone: a stack of one, two of them timed
+                        fit_model(b.model, b.optimizer, splits, 1, batch, loss_fn=b.loss_fn,
+                                  dtype=dtype)
                     alone = (time.perf_counter() - start) / min(k, 2)
-                    members = [Member(b.model, b.optimizer, b.schedule, 0.0, lambda h: None)
-                               for b in built]
+                    members = [Member(b.model, b.optimizer, RandomStreams.from_seed(0, cpu),
+                                      loss_fn=b.loss_fn, schedule=b.schedule) for b in built]
                     start = time.perf_counter()
-                    fit_stacked(members, splits, 1, batch, torch.Generator().manual_seed(0),
-                                dtype=dtype)
+                    fit(members, splits, 1, batch, progress=False, dtype=dtype)
                     stacked = (time.perf_counter() - start) / k
                     rows.append({"model": label, "precision": precision, "k": k,
                                  "alone_s": alone, "stacked_s": stacked})
@@ -134,13 +205,12 @@ def median_row(runs: dict, preset: str, label: str) -> dict:
 
 def markdown(report: dict) -> str:
     lines = [f"# Fused trials and bf16 ({report['date']}, {report['machine']}, torch {report['torch']})", ""]
-    if "speed" in report:
-        s = report["speed"]
-        lines += ["## One run against the course's pipeline", "",
-                  "| pipeline | s / epoch | course pipeline / this |", "|---|---|---|"]
-        for name, seconds in s["epoch_s"].items():
-            lines.append(f"| {name} | {seconds:.2f} | {s['epoch_s']['course pipeline'] / seconds:.1f}x |")
-        lines.append("")
+    if "loop" in report:
+        s = report["loop"]
+        lines += ["## One model: the training loop against a bare loop (one epoch, median of 5)", "",
+                  "| loop | s / epoch |", "|---|---|"]
+        lines += [f"| {name} | {seconds:.3f} |" for name, seconds in s["epoch_s"].items()]
+        lines += ["", f"The training loop / the bare loop: {s['loop_over_bare']:.3f}.", ""]
     if "stacks" in report:
         lines += ["## K models trained as one stack (one epoch, training and evaluation)", "",
                   "| model | precision | K | alone s / model | stacked s / model | gain | gain against fp32 alone |",
@@ -149,6 +219,14 @@ def markdown(report: dict) -> str:
             lines.append(f"| {r['model']} | {r['precision']} | {r['k']} | {r['alone_s']:.2f} | "
                          f"{r['stacked_s']:.2f} | {r['gain']:.2f}x | {r['gain_vs_fp32_alone']:.2f}x |")
         lines.append("")
+    if "end-to-end" in report:
+        e = report["end-to-end"]
+        lines += ["## 8 `optuna_course` trials end to end (whole command, median of 3)", "",
+                  f"`python -m mlp_sweep.train --multirun {' '.join(END_TO_END)} "
+                  "hydra.sweeper.fuse=K`", "", "| fuse | s (each round) |", "|---|---|"]
+        lines += [f"| {name} | {e['command_s'][name]:.1f} ({', '.join(f'{t:.1f}' for t in e['each_s'][name])}) |"
+                  for name in ("fuse=1", "fuse=8")]
+        lines += ["", f"fuse=8 against fuse=1: {e['gain']:.2f}x.", ""]
     for preset, title in (("optuna_course", "hparams_search=optuna_course"),
                           ("optuna", "hparams_search=optuna")):
         runs = report.get(preset)
@@ -177,8 +255,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=Path("benchmarks/results"))
     parser.add_argument("--runs", type=Path, default=Path("outputs/bench-fused"))
     parser.add_argument("--budget", type=float, default=300, help="seconds per search")
-    parser.add_argument("--parts", nargs="+", choices=("speed", "stacks", "course", "optuna"),
-                        default=["speed", "stacks", "course", "optuna"])
+    parser.add_argument("--parts", nargs="+",
+                        choices=("loop", "stacks", "end-to-end", "course", "optuna"),
+                        default=["loop", "stacks", "end-to-end"])
     parser.add_argument("--resume", action="store_true", help="add to the results file")
     args = parser.parse_args()
     data = args.data.absolute()
@@ -195,10 +274,12 @@ def main() -> None:
 
     for part in args.parts:
         print(f"part {part}...", flush=True)
-        if part == "speed":
-            report["speed"] = speed(data)
+        if part == "loop":
+            report["loop"] = loop_speed(data)
         elif part == "stacks":
             report["stacks"] = stack_epochs(data)
+        elif part == "end-to-end":
+            report["end-to-end"] = end_to_end(data, runs)
         else:
             preset = "optuna_course" if part == "course" else "optuna"
             report[preset] = searches(preset, data, runs, args.budget)

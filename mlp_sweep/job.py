@@ -5,7 +5,8 @@ The job reads its trial(s) from the description the sweeper wrote (sweeping/tria
 trial, or with `hydra.sweeper.fuse` the trials fused with it, each with its own folder and
 config. Each becomes a run (training/run.py) whose epochs are reported to its trial (report,
 prune, budget), that goes on from the checkpoint an earlier attempt of the trial left (a retry),
-and whose checkpoints are copied to the sweep's artifact store, if it has one.
+and whose newest checkpoint is kept for such a retry (sweeping/retry_files.py: copied to the
+sweep's artifact store, if it has one).
 """
 
 import contextlib
@@ -18,10 +19,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.sweeping import trial_attrs
-from mlp_sweep.sweeping.artifacts import StoredCheckpoint, fetched_checkpoint
 from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
-from mlp_sweep.training.checkpoint import Checkpoints, read_checkpoint
+from mlp_sweep.training.checkpoint import Checkpoints
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
 from mlp_sweep.training.run import Outcome, Run, train_runs
 
@@ -44,6 +44,14 @@ def train_trials(cfg: DictConfig, spec: TrialSpec, run_dir: Path | None) -> dict
         return train_runs(runs)
 
 
+def train_trial(cfg: DictConfig, spec: TrialSpec, run_dir: Path | None) -> float:
+    """Train the job's one trial; its objective, or raise what ended it."""
+    outcome = train_runs([trial_run(cfg, run_dir, TrialLink.of(spec))])[spec.number]
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
 def trial_run(cfg: DictConfig, run_dir: Path | None, trial: TrialLink) -> Run:
     """The run of one trial: reported to it, going on from an earlier attempt's checkpoint."""
     resume = earlier_attempt(trial) if cfg.trainer.get("checkpoint", True) else None
@@ -52,33 +60,38 @@ def trial_run(cfg: DictConfig, run_dir: Path | None, trial: TrialLink) -> Run:
         trial.note(trial_attrs.RESUMED_AFTER, replayed)
     return Run(cfg, run_dir, on_epoch=trial_reporter(cfg, trial, replayed),
                tracker_identity=trial.identity, resume=resume,
-               checkpoint_copy=stored_checkpoint(trial), name=trial.spec.number)
+               checkpoint_copy=CheckpointForRetry(trial), name=trial.spec.number)
 
 
 def earlier_attempt(trial: TrialLink) -> tuple[str, dict] | None:
     """The newest checkpoint an earlier attempt of this trial left (it was interrupted, or its
     worker went silent), with where it was read; None for a first attempt or one that left
-    none. An attempt's folder on another host is read through the checkpoint it copied to the
+    none. An attempt's folder on another host is read through the checkpoint it kept in the
     artifact store."""
-    spec = trial.spec
-    for folder, artifact_id in zip(spec.resume_from, spec.stored_checkpoints, strict=True):
-        state = Checkpoints(Path(folder)).load()
+    for attempt in trial.earlier_attempts():
+        state = Checkpoints(attempt.run_dir).load()
         if state is not None:
-            return folder, state
-        if artifact_id and spec.artifacts:
-            with fetched_checkpoint(spec.artifacts, artifact_id) as path:
-                state = read_checkpoint(path) if path else None
-            if state is not None:
-                return f"{folder} (its checkpoint in {spec.artifacts})", state
+            return str(attempt.run_dir), state
+        with attempt.stored_files() as folder:
+            state = Checkpoints(folder).load() if folder else None
+        if state is not None:
+            return f"{attempt.run_dir} (its checkpoint in {attempt.store})", state
     return None
 
 
-def stored_checkpoint(trial: TrialLink) -> StoredCheckpoint | None:
-    """Where a trial's checkpoints are copied for its retry on another host: the sweep's
-    artifact store, if it has one and the trial's study is in a shared storage."""
-    if trial.trial is None or not trial.spec.artifacts:
-        return None
-    return StoredCheckpoint(trial.spec.artifacts, trial.trial, trial.spec.stored_checkpoints)
+class CheckpointForRetry:
+    """Checkpoints' copy elsewhere (training/checkpoint.py): each newest checkpoint is kept for
+    a retry of the trial (TrialLink.keep_for_retry), which may run on another host. The sweep
+    removes it once it records the trial's end."""
+
+    def __init__(self, trial: TrialLink) -> None:
+        self.trial = trial
+
+    def saved(self, path: Path, epoch: int) -> None:  # noqa: ARG002 - the protocol's signature
+        self.trial.keep_for_retry(path)
+
+    def removed(self) -> None:
+        pass
 
 
 def trial_reporter(cfg: DictConfig, trial: TrialLink, replayed: int = 0

@@ -16,7 +16,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError, error_line
-from mlp_sweep.job import train_trials
+from mlp_sweep.job import train_trial, train_trials
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training import run_dirs
 from mlp_sweep.training.run import train_run
@@ -31,9 +31,13 @@ def train(cfg: DictConfig, run_dir: Path | None = None) -> float:
     it keeps (the best validation accuracy; the last epoch without a validation split).
 
     `run_dir` receives status.json, metrics.json and model.pt; with Hydra it defaults to the
-    run's output folder, without Hydra nothing is written.
+    run's output folder, without Hydra nothing is written. In an mlp_optuna sweep every epoch's
+    objective goes to the job's Optuna trial, which may prune it, except the epoch the run ends
+    on (its last, or the one early stopping stops after).
     """
-    return train_run(cfg, run_dir if run_dir is not None else _hydra_output_dir())
+    run_dir = run_dir if run_dir is not None else _hydra_output_dir()
+    spec = TrialSpec.of_this_job()  # set when an mlp_optuna sweep runs this job
+    return train_run(cfg, run_dir) if spec is None else train_trial(cfg, spec, run_dir)
 
 
 def _hydra_output_dir() -> Path | None:
@@ -51,17 +55,10 @@ run_dirs.register()
 @hydra.main(config_path="pkg://mlp_sweep.conf", config_name="train")
 def main(cfg: DictConfig) -> float | optuna.TrialPruned | dict[int, object]:
     try:
-        spec = TrialSpec.of_this_job()  # set when an mlp_optuna sweep runs this job
-        if spec is None:
-            return train(cfg)
-        # In an mlp_optuna sweep every epoch's objective goes to the job's Optuna trial, which
-        # may prune it, except the epoch the run ends on.
-        outcomes = train_trials(cfg, spec, _hydra_output_dir())
-        if spec.fused:
-            return outcomes
-        if isinstance(outcomes[spec.number], BaseException):
-            raise outcomes[spec.number]
-        return outcomes[spec.number]
+        spec = TrialSpec.of_this_job()
+        if spec is not None and spec.fused:  # hydra.sweeper.fuse: the job's trials, trained together
+            return train_trials(cfg, spec, _hydra_output_dir())
+        return train(cfg)
     except optuna.TrialPruned as pruned:
         return pruned  # an outcome for the sweeper to record, not an error to print
     except UserError as error:

@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from mlp_sweep.training.build import build_training
 from mlp_sweep.training.engine import DivergedError
+from mlp_sweep.training.checkpoint import checkpoint_of
 from mlp_sweep.training.run import Run, train_run, train_runs
 
 from conftest import SMALL_DATA, compose_config, run_here
@@ -194,3 +195,26 @@ def test_a_bad_fuse_setting_is_one_line_and_nothing_is_made(tmp_path, small_root
     errors = [line for line in (result.stdout + result.stderr).splitlines() if "allowed" in line]
     assert len(errors) == 1 and message in errors[0], result.stdout + result.stderr
     assert not (tmp_path / "sweep").exists() and not (tmp_path / "optuna.db").exists()
+
+
+def test_a_stack_interrupted_leaves_each_member_a_checkpoint_it_goes_on_from_alone(
+        tmp_path, small_root):
+    def interrupt_at_epoch_3(metrics):
+        if metrics.epoch == 3:
+            raise KeyboardInterrupt  # a kill: every member keeps its checkpoint after epoch 2
+
+    own = {0: ["model.dropout=0.2"], 1: ["optimizer=sgd", "optimizer.lr=0.05"],
+           2: ["model.dropout=0.4", "scheduler=onecycle", "optimizer=adamw"]}
+    cfgs = {name: member_cfg(small_root, "augment=shift", "trainer.epochs=5", *extra)
+            for name, extra in own.items()}
+    with pytest.raises(KeyboardInterrupt):
+        train_runs([Run(cfg, tmp_path / f"fused{name}", name=name,
+                        on_epoch=interrupt_at_epoch_3 if name == 2 else None)
+                    for name, cfg in cfgs.items()])
+    for name, cfg in cfgs.items():
+        folder = tmp_path / f"fused{name}"
+        assert (folder / "checkpoint.pt").is_file()
+        train_run(cfg.copy(), tmp_path / f"resumed{name}",
+                  resume=(str(folder), checkpoint_of(folder)))
+        train_run(cfg, tmp_path / f"single{name}")
+        assert_same_run(tmp_path / f"resumed{name}", tmp_path / f"single{name}")

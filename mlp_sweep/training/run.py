@@ -196,7 +196,7 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
                  f"{first.training.model}")
     else:  # in a sweep the console shows the search, not each trial's model: its log file does
         (_log_to_files_only if in_sweep() else log.info)(f"Model: {first.training.model}")
-    log.info(f"{parameter_count(first.training.model):,} parameters each; "
+    log.info(f"{parameter_count(first.training.model):,} parameters{' each' if len(stack) > 1 else ''}; "
              + ("" if len(stack) > 1 else _built(first))
              + f"{len(first.splits.train)} training samples; device {first.device} with "
              f"{torch.get_num_threads()} threads <trainer.device={cfg.trainer.device}>; "

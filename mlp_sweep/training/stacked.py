@@ -285,7 +285,8 @@ class Stack(nn.Module):
 
 
 class SingleModel(nn.Module):
-    """One member: its own model and optimizer, its logits with a member axis of one."""
+    """One member: its own model and optimizer; its (batch, classes) logits, as a stack of one
+    would give them without the member axis (the loop reads both alike)."""
 
     size = 1
 
@@ -294,7 +295,7 @@ class SingleModel(nn.Module):
         self.model, self.optimizer = model, optimizer
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.model(inputs).unsqueeze(0)
+        return self.model(inputs)
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.optimizer.zero_grad(set_to_none=True)
