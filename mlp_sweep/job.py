@@ -18,11 +18,13 @@ from pathlib import Path
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
+from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping import trial_attrs
 from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training.checkpoint import Checkpoints
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
+from mlp_sweep.training.resume_check import check_resumable
 from mlp_sweep.training.run import Outcome, Run, train_runs
 
 log = logging.getLogger(__name__)
@@ -55,6 +57,12 @@ def train_trial(cfg: DictConfig, spec: TrialSpec, run_dir: Path | None) -> float
 def trial_run(cfg: DictConfig, run_dir: Path | None, trial: TrialLink) -> Run:
     """The run of one trial: reported to it, going on from an earlier attempt's checkpoint."""
     resume = earlier_attempt(trial) if cfg.trainer.get("checkpoint", True) else None
+    if resume is not None:
+        try:
+            check_resumable(resume[1], cfg, resume[0])
+        except UserError as why:  # a study resumed with another precision, say: start over
+            log.warning(f"trial {trial.spec.number} starts over: {why}")
+            resume = None
     replayed = resume[1]["epoch"] if resume else 0
     if resume is not None:
         trial.note(trial_attrs.RESUMED_AFTER, replayed)
