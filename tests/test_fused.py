@@ -2,6 +2,7 @@
 still a whole trial: its own hyperparameters, history, folder and end."""
 
 import json
+import logging
 from pathlib import Path
 
 import optuna
@@ -26,6 +27,7 @@ OWN = {  # per member: optimizer class, rate and its schedule, weight decay, bet
         "optimizer.betas=[0.85,0.99]", "loss.label_smoothing=0.1", "scheduler=onecycle"],
     2: ["optimizer=sgd", "optimizer.lr=0.05", "optimizer.momentum=0.8", "optimizer.nesterov=true"],
     3: ["optimizer=rmsprop", "optimizer.lr=0.0005", "optimizer.alpha=0.9", "scheduler=cosine"],
+    4: ["optimizer=sgd", "optimizer.lr=0.001", "+loss.reduction=sum"],  # any loss setting
 }
 
 
@@ -129,12 +131,15 @@ def test_a_stack_interrupted_leaves_no_run_marked_running(tmp_path, small_root):
         assert status["state"] == "failed" and not (member.run_dir / "model.pt").exists()
 
 
-def test_members_that_cannot_share_a_stack_train_alone_in_turn(tmp_path, small_root):
+def test_members_that_cannot_share_a_stack_train_alone_in_turn(tmp_path, small_root, caplog):
     cfgs = [member_cfg(small_root, "model.hidden_sizes=[32]"),
             member_cfg(small_root, "model.hidden_sizes=[16]"),
             member_cfg(small_root, "trainer.seed=1")]
-    outcomes = train_runs([Run(cfg, tmp_path / str(n), name=n) for n, cfg in enumerate(cfgs)])
+    with caplog.at_level(logging.INFO):
+        outcomes = train_runs([Run(cfg, tmp_path / str(n), name=n) for n, cfg in enumerate(cfgs)])
     assert all(isinstance(v, float) for v in outcomes.values())
+    said = [r.message for r in caplog.records if "stacks, one after the other" in r.message]
+    assert len(said) == 1 and "differ in layers, trainer" in said[0]
     for n, cfg in enumerate(cfgs):
         assert "trained_with" not in json.loads((tmp_path / str(n) / "metrics.json").read_text())
         weights = torch.load(tmp_path / str(n) / "model.pt")
@@ -176,6 +181,12 @@ def test_a_fused_sweep_records_every_trial_as_its_own(tmp_path, small_root):
         model.load_state_dict(torch.load(run_dir / "model.pt"))
         overrides = OmegaConf.load(run_dir / ".hydra" / "overrides.yaml")
         assert f"optimizer={trial.params['optimizer']}" in overrides
+    # A trial fused with others, trained again alone from its own config (as refit reads it),
+    # has the epochs its trial recorded.
+    rerun = train_run(OmegaConf.load(tmp_path / "sweep" / "4" / ".hydra" / "config.yaml"),
+                      tmp_path / "rerun")
+    assert rerun == pytest.approx(trials[4].value, abs=0.002)
+    assert_same_epochs(tmp_path / "rerun", tmp_path / "sweep" / "4")
     log = (tmp_path / "sweep" / "0" / "train.log").read_text()
     assert "trials 0, 1, 2 train as one stack of 3" in log
     assert (tmp_path / "sweep" / "best.yaml").is_file()
