@@ -1,5 +1,6 @@
-# make train   - set up .venv if missing, get MNIST, train the default model (ARGS=... adds overrides)
-# make test    - set up .venv if missing, run every test
+# make train   - set up .venv if missing (the runtime only: no tracker, storage driver or S3 client),
+#                get MNIST, train the default model (ARGS=... adds overrides)
+# make test    - set up .venv if missing, add what the tests need, run every test
 # make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
 # make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1],
@@ -10,7 +11,7 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 INSTALLED := $(VENV)/.installed
-BENCH_INSTALLED := $(VENV)/.installed-bench
+TEST_INSTALLED := $(VENV)/.installed-test
 
 .PHONY: install train test test-fast
 
@@ -18,10 +19,11 @@ install: $(INSTALLED)
 
 $(INSTALLED): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test]'
+	$(PY) -m pip install --quiet --disable-pip-version-check -e .
 	touch $@
 
-$(BENCH_INSTALLED): $(INSTALLED)
+# The trackers, storage drivers, S3 and the peers the tests run (the test and bench extras)
+$(TEST_INSTALLED): $(INSTALLED)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,bench]'
 	touch $@
 
@@ -32,10 +34,10 @@ train: $(INSTALLED)
 # tests/conftest.py sorts them (the longest first).
 TEST_PROCESSES ?= 2
 
-test: $(BENCH_INSTALLED)
+test: $(TEST_INSTALLED)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder $(PYTEST_ARGS)
 
-test-fast: $(BENCH_INSTALLED)
+test-fast: $(TEST_INSTALLED)
 	$(PY) -m pytest -q -n $(TEST_PROCESSES) --dist loadgroup --no-loadscope-reorder -m "not slow" $(PYTEST_ARGS)
 
 .PHONY: sweep
@@ -66,5 +68,5 @@ bench-checkpoints: $(INSTALLED) ## a checkpoint after every epoch: its cost per 
 bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from an earlier one, 2 seeds (about 27 minutes)
 	$(PY) benchmarks/warm_start.py
 
-bench-peers: $(BENCH_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 2 hours; QUICK=1: about 20)
+bench-peers: $(TEST_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 2 hours; QUICK=1: about 20)
 	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)

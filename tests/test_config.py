@@ -101,3 +101,20 @@ def test_absent_or_unknown_device_is_refused():
         resolve_device(absent)
     with pytest.raises(ConfigError, match="trainer.device='gpu0' is not a device name"):
         resolve_device("gpu0")
+
+
+def test_experiment_course_is_the_default_recipe_and_strong_the_searched_one():
+    from omegaconf import OmegaConf
+
+    assert OmegaConf.to_container(compose_config("experiment=course")) == \
+        OmegaConf.to_container(compose_config())
+    strong = compose_config("experiment=strong")
+    validate(strong)
+    assert (strong.model.depth, strong.model.width, strong.model.norm) == (3, 1105, "layer")
+    assert strong.optimizer._target_ == "torch.optim.AdamW" and strong.optimizer.lr == 0.00119
+    assert strong.scheduler._target_.endswith("OneCycleLR") and strong.augment.shift == 2
+    assert (strong.trainer.epochs, strong.trainer.batch_size) == (27, 256)
+    fashion = compose_config("experiment=fashion_mnist")
+    assert fashion.dataset.name == "fashion_mnist" and fashion.model.width == 1105
+    # An override after the experiment still wins, as after any group.
+    assert compose_config("experiment=strong", "trainer.epochs=3").trainer.epochs == 3

@@ -138,3 +138,22 @@ def test_a_missing_extra_names_the_requirement_to_install_from_a_wheel(installed
     assert done.returncode == 1
     assert ("Error: logger=mlflow needs MLflow (No module named 'mlflow'); install it with: "
             f"pip install '{requirement}'") in done.stdout, done.stdout + done.stderr
+
+
+def test_the_runtime_install_brings_no_tracker_storage_driver_or_peer(tmp_path):
+    # `make train` installs the project alone; pip resolves what that brings into an empty
+    # environment (--ignore-installed), from the same package index.
+    assert "\t$(PY) -m pip install --quiet --disable-pip-version-check -e .\n" in \
+        (REPO / "Makefile").read_text()
+    report = tmp_path / "report.json"
+    subprocess.run([sys.executable, "-m", "pip", "install", "--dry-run", "--ignore-installed",
+                    "--quiet", "--disable-pip-version-check", "--report", str(report), "-e",
+                    str(REPO)], check=True, capture_output=True, text=True, timeout=600)
+    import json
+
+    names = {item["metadata"]["name"].lower().replace("_", "-")
+             for item in json.loads(report.read_text())["install"]}
+    assert {"torch", "torchvision", "hydra-core", "omegaconf", "optuna", "mlp-sweep"} <= names
+    extras = {"mlflow", "wandb", "tensorboard", "boto3", "moto", "ray", "smac", "psycopg",
+              "psycopg-binary", "optuna-dashboard", "pytest"}
+    assert not names & extras
