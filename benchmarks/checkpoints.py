@@ -64,13 +64,13 @@ class SaveTimer:
     project's own again when the `with` block ends."""
 
     def __init__(self) -> None:
-        from mlp_sweep.sweeping.artifacts import StoredCheckpoint
+        from mlp_sweep.job import CheckpointForRetry
         from mlp_sweep.training.checkpoint import Checkpoints
 
         self.seconds: list[float] = []
         self.copy_seconds: list[float] = []
         self.bytes = 0
-        save, copy = Checkpoints.save, StoredCheckpoint.saved
+        save, copy = Checkpoints.save, CheckpointForRetry.saved
 
         def timed_save(checkpoints, state):
             start = time.perf_counter()
@@ -84,16 +84,16 @@ class SaveTimer:
             self.copy_seconds.append(time.perf_counter() - start)
 
         self.originals = save, copy
-        Checkpoints.save, StoredCheckpoint.saved = timed_save, timed_copy
+        Checkpoints.save, CheckpointForRetry.saved = timed_save, timed_copy
 
     def __enter__(self) -> "SaveTimer":
         return self
 
     def __exit__(self, *exc) -> None:
-        from mlp_sweep.sweeping.artifacts import StoredCheckpoint
+        from mlp_sweep.job import CheckpointForRetry
         from mlp_sweep.training.checkpoint import Checkpoints
 
-        Checkpoints.save, StoredCheckpoint.saved = self.originals
+        Checkpoints.save, CheckpointForRetry.saved = self.originals
 
 
 def one_run(cfg, run_dir: Path, store: Path | None) -> list[float]:
@@ -102,13 +102,16 @@ def one_run(cfg, run_dir: Path, store: Path | None) -> list[float]:
     hydra.sweeper.artifacts does (a real trial of an in-memory study records it)."""
     import optuna
 
-    from mlp_sweep.sweeping.artifacts import StoredCheckpoint
+    from mlp_sweep.job import CheckpointForRetry
+    from mlp_sweep.sweeping.trial_link import TrialLink
+    from mlp_sweep.sweeping.trial_spec import TrialSpec
     from mlp_sweep.training.run import train_run
 
     copy = None
     if store is not None:
         store.mkdir(parents=True, exist_ok=True)
-        copy = StoredCheckpoint(f"file://{store}", optuna.create_study().ask())
+        spec = TrialSpec("bench", None, 0, 0, str(run_dir), artifacts=f"file://{store}")
+        copy = CheckpointForRetry(TrialLink(spec, optuna.create_study().ask()))
     ends = [time.perf_counter()]
     train_run(cfg, run_dir, on_epoch=lambda metrics: ends.append(time.perf_counter()),
               checkpoint_copy=copy)

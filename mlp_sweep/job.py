@@ -89,8 +89,8 @@ def earlier_attempt(trial: TrialLink) -> tuple[str, dict] | None:
 
 class CheckpointForRetry:
     """Checkpoints' copy elsewhere (training/checkpoint.py): each newest checkpoint is kept for
-    a retry of the trial (TrialLink.keep_for_retry), which may run on another host. The sweep
-    removes it once it records the trial's end."""
+    a retry of the trial (TrialLink.keep_for_retry), which may run on another host, until the
+    run ends."""
 
     def __init__(self, trial: TrialLink) -> None:
         self.trial = trial
@@ -99,7 +99,7 @@ class CheckpointForRetry:
         self.trial.keep_for_retry(path)
 
     def removed(self) -> None:
-        pass
+        self.trial.drop_kept_for_retry()
 
 
 def trial_reporter(cfg: DictConfig, trial: TrialLink, replayed: int = 0

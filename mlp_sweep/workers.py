@@ -5,7 +5,7 @@
     python -m mlp_sweep.workers 3 hydra.sweeper.storage=postgresql://user@db-host/optuna
 
 Each worker is `python -m mlp_sweep.train --multirun hparams_search=optuna` (or the preset the
-overrides name) with one trial at a
+overrides name; the presets' `hydra.sweeper.worker_command`) with one trial at a
 time (`hydra.sweeper.n_jobs=1`) and its own sweep folder; it asks the study for the next trial as
 soon as its last one ends, so no worker waits for a batch's slowest trial as joblib batches do.
 `n_trials` is the study's total across workers. The same command on other hosts, pointed at the
@@ -40,9 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_intermixed_args(argv)  # --config-dir anywhere among the overrides
     if args.workers < 1:
         parser.error(f"workers={args.workers}: allowed: an integer >= 1")
+    # hparams_search=optuna unless the overrides name another preset (optuna_course)
+    named = any(o.startswith("hparams_search=") for o in args.overrides)
+    overrides = [*([] if named else ["hparams_search=optuna"]), *args.overrides]
     try:
         gpus = worker_gpus(args.workers, visible_gpus(), args.gpus, args.workers_per_gpu)
-        commands = worker_commands(args.workers, args.overrides, args.config_dir)
+        commands = worker_commands(args.workers, overrides, args.config_dir,
+                                   config_module="mlp_sweep.conf", config_name="train")
     except UserError as error:
         print(error_line(error), file=sys.stderr)
         return 1

@@ -15,15 +15,21 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.sweeping.artifacts import RUN_FILES, StoredCheckpoint, local_run_dir
+from mlp_sweep.job import CheckpointForRetry
+from mlp_sweep.sweeping.artifacts import local_run_dir
 from mlp_sweep.sweeping.results import write_results
 from mlp_sweep.sweeping.resume import counted
 from mlp_sweep.sweeping.storage import load_study
+from mlp_sweep.sweeping.trial_link import TrialLink
+from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training.run import train_run
 
 from conftest import SMALL_DATA, compose_config, run_here, study_exists
 
 STUDY = "course_fashion_mnist"  # hparams_search=optuna_course on SMALL_DATA
+# What the presets upload of a trial's folder (hydra.sweeper.artifacts_include), logs aside
+RUN_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml", "metrics.json",
+             "status.json", "model.pt")
 
 
 def small_sweep(data_root: Path, storage: str, *extra: str, epochs: int = 1,
@@ -56,7 +62,7 @@ def test_each_ended_trial_uploads_its_run_files_and_records_their_ids(tmp_path, 
     for trial in study.get_trials():
         recorded = trial.user_attrs["artifacts"]
         assert recorded["store"] == f"file://{store}"
-        assert set(RUN_FILES) <= set(recorded["files"]) and "train.log" in recorded["files"]
+        assert set(recorded["files"]) == {*RUN_FILES, "train.log"}
         for name, artifact_id in recorded["files"].items():  # each one whole in the store
             own = Path(trial.user_attrs["run_dir"], name).read_bytes()
             assert (store / artifact_id).read_bytes() == own, name
@@ -173,14 +179,14 @@ def test_a_killed_trial_goes_on_from_the_checkpoint_it_copied_to_the_store(tmp_p
         trials = load_study(STUDY, storage).get_trials(deepcopy=False) \
             if study_exists(tmp_path / "optuna.db") else []
         running = [t for t in trials if t.state == TrialState.RUNNING
-                   and len(t.intermediate_values) >= 2 and "stored_checkpoint" in t.user_attrs]
+                   and len(t.intermediate_values) >= 2 and "retry_files" in t.user_attrs]
         killed = running[0] if running else None
         time.sleep(0.05)
     assert killed is not None
     os.kill(sweep.pid, signal.SIGKILL)
     sweep.wait()
     killed = load_study(STUDY, storage).trials[killed.number]  # as it was when killed
-    assert (store / killed.user_attrs["stored_checkpoint"]["id"]).is_file()
+    assert (store / killed.user_attrs["retry_files"]["checkpoint.pt"]).is_file()
     shutil.rmtree(host_a)  # the killed trial's folder, checkpoint.pt with it, is gone
 
     host_b = tmp_path / "host_b"
@@ -194,7 +200,7 @@ def test_a_killed_trial_goes_on_from_the_checkpoint_it_copied_to_the_store(tmp_p
     assert retry.user_attrs["resumed_after"] >= 1
     log = Path(retry.user_attrs["run_dir"], "train.log").read_text()
     assert f"going on from {killed.user_attrs['run_dir']} (its checkpoint in file://{store})" in log
-    assert not list(store.glob("checkpoint-*"))  # every copy removed once its trial ended
+    assert not list(store.glob("retry-*"))  # every copy removed once its trial ended
 
 
 @pytest.mark.parametrize("url, reason", [
@@ -295,11 +301,14 @@ def test_a_store_that_fails_mid_run_costs_the_checkpoint_copy_not_the_run(tmp_pa
     store = tmp_path / "store"
     store.mkdir()
     trial = optuna.create_study().ask()
-    copied = StoredCheckpoint(f"file://{store}", trial)
+    spec = TrialSpec("s", None, 0, trial.number, str(tmp_path / "run"), artifacts=f"file://{store}")
+    copied = CheckpointForRetry(TrialLink(spec, trial))
+    kept: list[str] = []
 
     def lose_the_store_in_epoch_2(metrics) -> None:
         if metrics.epoch == 2:  # epoch 1's checkpoint is in the store and recorded
-            assert [p.name for p in store.iterdir()] == [trial.user_attrs["stored_checkpoint"]["id"]]
+            kept.append(trial.user_attrs["retry_files"]["checkpoint.pt"])
+            assert [p.name for p in store.iterdir()] == kept
             shutil.rmtree(store)
 
     cfg = compose_config(*SMALL_DATA, f"dataset.root={small_root}", "dataset.val_size=500",
@@ -307,8 +316,9 @@ def test_a_store_that_fails_mid_run_costs_the_checkpoint_copy_not_the_run(tmp_pa
     objective = train_run(cfg, tmp_path / "run", on_epoch=lose_the_store_in_epoch_2,
                           checkpoint_copy=copied)
     assert 0 < objective <= 1 and (tmp_path / "run" / "model.pt").is_file()
-    assert trial.user_attrs["stored_checkpoint"]["epoch"] == 1  # the last copy that was made
-    assert "the checkpoint after epoch 2 could not be copied" in caplog.text
+    assert trial.user_attrs["retry_files"] == {"checkpoint.pt": kept[0]}  # the last copy made
+    assert f"{tmp_path}/run/checkpoint.pt could not be kept for a retry in file://{store}" \
+        in caplog.text
 
 
 @pytest.mark.parametrize("command, args, message", [

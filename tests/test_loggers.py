@@ -288,8 +288,15 @@ def test_bad_tracker_values_are_one_config_error():
 
 def test_the_logger_is_not_a_study_setting():
     # A study resumes whichever trackers the new command logs to.
-    assert study_settings(compose_config("logger=[tensorboard,mlflow]"), []) == \
-        study_settings(compose_config(), [])
+    from hydra import compose, initialize_config_module
+
+    def settings(*overrides: str) -> dict:  # as a sweep under the presets records them
+        with initialize_config_module(config_module="mlp_sweep.conf"):
+            cfg = compose("train", overrides=["hparams_search=optuna", *overrides],
+                          return_hydra_config=True)
+        return study_settings(cfg, [], cfg.hydra.sweeper.execution_keys)
+
+    assert settings("logger=[tensorboard,mlflow]") == settings()
 
 
 def test_parallel_trials_share_a_new_mlflow_store(tmp_path):

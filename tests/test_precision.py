@@ -99,7 +99,14 @@ def test_the_readmes_bf16_command_runs_as_written(tmp_path, mnist_root):
 
 def test_a_study_resumes_in_another_precision():
     # How a run computes, like its device: a study started in fp32 takes bf16 trials.
+    from hydra import compose, initialize_config_module
+
     from mlp_sweep.sweeping.study_settings import study_settings
 
-    assert study_settings(compose_config("trainer.precision=bf16"), []) == \
-        study_settings(compose_config("trainer.precision=fp32"), [])
+    def settings(precision: str) -> dict:  # as a sweep under the presets records them
+        with initialize_config_module(config_module="mlp_sweep.conf"):
+            cfg = compose("train", return_hydra_config=True,
+                          overrides=["hparams_search=optuna", f"trainer.precision={precision}"])
+        return study_settings(cfg, [], cfg.hydra.sweeper.execution_keys)
+
+    assert settings("bf16") == settings("fp32")

@@ -1,8 +1,9 @@
 """A sweep's run folders in one of Optuna's artifact stores (`hydra.sweeper.artifacts=URL`), so
 that any host that reaches the study reads the trials another host trained.
 
-When a trial ends, the sweep uploads its run's files (RUN_FILES, those that exist) and records
-the store and the artifact ids on the trial (trial_attrs.ARTIFACTS). A reader (best.yaml,
+When a trial ends, the sweep uploads the files of its run folder that `hydra.sweeper.
+artifacts_include` names (globs; every file by default) and records the store and the artifact
+ids on the trial (trial_attrs.ARTIFACTS). A reader (best.yaml,
 `refit`, `compare`) that does not find a trial's folder on its own disk fetches the files into a
 local cache once, and reads that folder as it would the original.
 
@@ -12,26 +13,23 @@ with boto3's own credentials and endpoint (`AWS_ENDPOINT_URL` for an S3-compatib
 """
 
 import contextlib
+import glob
 import io
 import logging
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from mlp_sweep.errors import MissingExtraError, UserError, first_line, install_command
 from mlp_sweep.files import replace_atomically
 from mlp_sweep.sweeping import trial_attrs
+from mlp_sweep.sweeping.trial_spec import TRIAL_FILE
 
 log = logging.getLogger(__name__)
 
-# What a reader needs to treat the fetched folder as the run's own: its config and overrides,
-# Hydra's record (choices, sweeper), its results and state, and the trained weights.
-RECORD_FILES = (".hydra/config.yaml", ".hydra/hydra.yaml", ".hydra/overrides.yaml",
-                "metrics.json", "status.json")
-MODEL_FILE = "model.pt"
-RUN_FILES = (*RECORD_FILES, MODEL_FILE)
+MODEL_FILE = "model.pt"  # fetched only for a reader that asks for the weights (local_run_dir)
 
 ALLOWED = "a folder every host reaches (PATH or file:///PATH), or s3://BUCKET"
 CACHE_VARIABLE = "MLP_SWEEP_CACHE"  # where fetched run folders are kept; default ~/.cache/mlp_sweep
@@ -97,75 +95,28 @@ def checked_store(url: str) -> Any:
     return store
 
 
-def upload_run(store: Any, url: str, trial: Any, run_dir: Path) -> dict[str, str]:
-    """Upload the files of RUN_FILES that `run_dir` holds, and its logs, as artifacts of `trial`
-    (an optuna.Trial), then record them on it; {relative path: artifact id}. The record comes
-    last: a trial never names an artifact that is not whole in the store."""
+def upload_run(store: Any, url: str, trial: Any, run_dir: Path,
+               include: Iterable[str] = ("**",)) -> dict[str, str]:
+    """Upload the files of `run_dir` that the globs `include` match as artifacts of `trial` (an
+    optuna.Trial), then record them on it; {relative path: artifact id}. The record comes last:
+    a trial never names an artifact that is not whole in the store."""
     from optuna.artifacts import upload_artifact
 
     ids = {}
-    logs = sorted(path.name for path in run_dir.glob("*.log"))  # the job's log, Hydra's name
-    for name in (*RUN_FILES, *logs):
-        path = run_dir / name
-        if path.is_file():
-            ids[name] = upload_artifact(artifact_store=store, file_path=str(path),
-                                        study_or_trial=trial)
+    for name in run_files(run_dir, include):
+        ids[name] = upload_artifact(artifact_store=store, file_path=str(run_dir / name),
+                                    study_or_trial=trial)
     trial.set_user_attr(trial_attrs.ARTIFACTS, {"store": url, "files": ids})
     return ids
 
 
-class StoredCheckpoint:
-    """A running trial's newest checkpoint, copied to the store after each epoch and recorded on
-    the trial (trial_attrs.STORED_CHECKPOINT), so that its retry on another host goes on from it;
-    removed, with those of the attempts it went on from, when the run ends. A store that fails
-    costs the copy, not the run."""
-
-    def __init__(self, url: str, trial: Any, earlier: tuple[str, ...] = ()) -> None:
-        self.url, self.trial = url, trial  # trial: an optuna.Trial, in the job's process
-        self.store = open_store(url)
-        self.earlier = [artifact_id for artifact_id in earlier if artifact_id]
-        self.current: str | None = None
-
-    def saved(self, path: Path, epoch: int) -> None:
-        artifact_id = f"checkpoint-{uuid.uuid4().hex}"
-        try:
-            with path.open("rb") as file:
-                self.store.write(artifact_id, file)
-            self.trial.set_user_attr(trial_attrs.STORED_CHECKPOINT,
-                                     {"id": artifact_id, "epoch": epoch})
-        except Exception as error:
-            log.warning(f"the checkpoint after epoch {epoch} could not be copied to {self.url} "
-                        f"({first_line(error)}); a retry on another host would start over")
-            return
-        self._remove([self.current] if self.current else [])  # recorded: the new one is whole
-        self.current = artifact_id
-
-    def removed(self) -> None:
-        self._remove([*self.earlier, *([self.current] if self.current else [])])
-        self.earlier, self.current = [], None
-
-    def _remove(self, ids: list[str]) -> None:
-        for artifact_id in ids:
-            with contextlib.suppress(Exception):  # gone already: nothing to do
-                self.store.remove(artifact_id)
-
-
-@contextlib.contextmanager
-def fetched_checkpoint(url: str, artifact_id: str) -> Iterator[Path | None]:
-    """A checkpoint another host left in the store, in a file of the cache while the block runs;
-    None, with a warning, when it cannot be fetched."""
-    path = cache_dir() / "checkpoints" / artifact_id
-    try:
-        try:
-            _download(open_store(url), artifact_id, path)
-        except Exception as error:
-            log.warning(f"checkpoint {artifact_id} could not be fetched from {url} "
-                        f"({first_line(error)})")
-            yield None
-        else:
-            yield path
-    finally:
-        path.unlink(missing_ok=True)
+def run_files(run_dir: Path, include: Iterable[str]) -> list[str]:
+    """The files of `run_dir` (hidden ones too) that any glob of `include` matches, as sorted
+    relative paths; the sweeper's own trial.json is not the run's."""
+    names = {name for pattern in include
+             for name in glob.glob(pattern, root_dir=run_dir, recursive=True, include_hidden=True)}
+    return sorted(Path(name).as_posix() for name in names
+                  if name != TRIAL_FILE and (run_dir / name).is_file())
 
 
 def local_run_dir(study_name: str, trial: Any, *, with_model: bool = False) -> Path | None:
@@ -188,7 +139,7 @@ def local_run_dir(study_name: str, trial: Any, *, with_model: bool = False) -> P
         try:
             store = open_store(stored["store"])
             for name in missing:
-                _download(store, files[name], folder / name)
+                download(store, files[name], folder / name)
         except Exception as error:  # the store is gone from here: the trial stays unread
             log.warning(f"Trial {trial.number}: its folder {own} is not on this host and its "
                         f"files could not be fetched from {stored['store']} ({first_line(error)})")
@@ -198,7 +149,7 @@ def local_run_dir(study_name: str, trial: Any, *, with_model: bool = False) -> P
     return folder
 
 
-def _download(store: Any, artifact_id: str, path: Path) -> None:
+def download(store: Any, artifact_id: str, path: Path) -> None:
     """One artifact into `path`, whole or not at all."""
     path.parent.mkdir(parents=True, exist_ok=True)
 

@@ -4,9 +4,10 @@ A study's trials are only comparable when everything the search does not vary is
 epochs, the dataset, the objective, the fixed model and optimizer keys. The first sweep on a study
 records those settings in it; a later command that would add trials under other settings stops
 with one line naming the keys that differ. Searched keys (and the sub-keys of a searched group)
-and keys that only say how a run executes (progress bars, threads, device, data folder, the
-experiment trackers) are not settings; neither is anything under `hydra` (n_trials, the sweep
-folder, the sampler's seed), so growing n_trials or changing the sweep folder resumes the study.
+and the keys the app names as how a run executes (`hydra.sweeper.execution_keys`: progress bars,
+threads, device, data folder, experiment trackers) are not settings; neither is anything under
+`hydra` (n_trials, the sweep folder, the sampler's seed), so growing n_trials or changing the
+sweep folder resumes the study.
 """
 
 from collections.abc import Iterable
@@ -19,19 +20,17 @@ from mlp_sweep.errors import UserError
 from mlp_sweep.values import flatten, resolved_without_hydra
 
 SETTINGS_ATTR = "settings"
-# How a run executes and where it is logged, not what it trains (trainer.precision: bf16 trains
-# to fp32's accuracy, measured by make bench-precision, as another device does).
-EXECUTION_KEYS = ("trainer.progress", "trainer.threads", "trainer.device", "trainer.precision",
-                  "trainer.checkpoint", "trainer.resume", "dataset.root", "logger")
 ABSENT = "(absent)"
 
 
-def study_settings(config: DictConfig, searched: Iterable[str]) -> dict[str, Any]:
-    """The composed config as flat `key: value` pairs, less the searched and execution keys."""
+def study_settings(config: DictConfig, searched: Iterable[str],
+                   execution_keys: Iterable[str] = ()) -> dict[str, Any]:
+    """The composed config as flat `key: value` pairs, less the searched and execution keys
+    (each with its sub-keys)."""
     # Each key resolved against the whole config, as the job will see it; `hydra` is left out
     # (its own interpolations only resolve while Hydra runs).
     flat = flatten(resolved_without_hydra(config), keep_empty=True)
-    skipped = (*searched, *EXECUTION_KEYS)
+    skipped = (*searched, *execution_keys)
     return {k: v for k, v in flat.items()
             if not any(k == s or k.startswith(f"{s}.") for s in skipped)}
 

@@ -57,6 +57,8 @@ class SweepSettings:
     fuse: int = 1                 # trials per job (fused_groups.py)
     fuse_by: tuple[str, ...] = () # the params a job's trials share
     artifacts: str | None = None  # the artifact store's canonical URL (artifacts.py)
+    artifacts_include: tuple[str, ...] = ("**",)  # globs over a run folder: what is uploaded
+    execution_keys: tuple[str, ...] = ()  # keys a resumed study may change (study_settings.py)
 
     @classmethod
     def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
@@ -79,7 +81,9 @@ class SweepSettings:
             enqueue_trials=raw.get("enqueue_trials"),
             warm_start=raw.get("warm_start"), progress=raw["progress"],
             fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()),
-            artifacts=canonical_url(raw["artifacts"]) if raw.get("artifacts") else None)
+            artifacts=canonical_url(raw["artifacts"]) if raw.get("artifacts") else None,
+            artifacts_include=tuple(raw.get("artifacts_include") or ()),
+            execution_keys=tuple(raw.get("execution_keys") or ()))
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
@@ -106,6 +110,10 @@ def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
     if isinstance(fuse_by, str) or not all(isinstance(key, str) for key in fuse_by):
         raise UserError(f"hydra.sweeper.fuse_by={fuse_by!r} is not allowed; allowed: a list of "
                         "searched keys, e.g. [model.hidden_sizes, trainer.batch_size]")
+    for key, example in (("artifacts_include", "[**] or [result.txt, '*.log']"),
+                         ("execution_keys", "[trainer.threads, logger]")):
+        _check_words(key, settings.get(key) or [], f"a list of {KEY_WORDS[key]}, e.g. {example}")
+    check_worker_keys(settings)
     if settings.get("on_timeout") not in ON_TIMEOUT:
         raise UserError(f"hydra.sweeper.on_timeout={settings.get('on_timeout')!r} is not allowed; "
                         f"allowed: {', '.join(ON_TIMEOUT)}")
@@ -121,6 +129,30 @@ def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
         return None
     return Heartbeat(settings["heartbeat_interval"], settings.get("grace_period"),
                      settings.get("max_retry"))
+
+
+def check_worker_keys(settings: Mapping[str, Any]) -> None:
+    """UserError for a bad `worker_command` or `threads_key` (read by mlp_sweep.workers)."""
+    if settings.get("worker_command") is not None:
+        _check_words("worker_command", settings["worker_command"],
+                     "a list of words, e.g. [python, my_app.py], or null", nonempty=True)
+    threads_key = settings.get("threads_key")
+    if threads_key is not None and (not isinstance(threads_key, str) or not threads_key):
+        raise UserError(f"hydra.sweeper.threads_key={threads_key!r} is not allowed; allowed: "
+                        "the app's config key for CPU threads, e.g. trainer.threads, or null")
+
+
+KEY_WORDS = {"artifacts_include": "globs over a run folder", "execution_keys": "config keys"}
+
+
+def _check_words(key: str, value: object, allowed: str, nonempty: bool = False) -> None:
+    """UserError unless `value` is a list of non-empty strings (and has one, with `nonempty`)."""
+    words = list(value) if isinstance(value, Sequence) and not isinstance(value, str) \
+        or OmegaConf.is_list(value) else None
+    if words is None or not all(isinstance(w, str) and w for w in words) \
+            or (nonempty and not words):
+        shown = OmegaConf.to_container(value) if OmegaConf.is_config(value) else value
+        raise UserError(f"hydra.sweeper.{key}={shown!r} is not allowed; allowed: {allowed}")
 
 
 def _check_number(key: str, value: object, allowed: str, ok) -> None:

@@ -91,7 +91,8 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is
     # failed before the next trial is asked, and run again with its params up to max_retry times.
     # A trial whose sweep process on this host was killed is run again the same way on resume;
-    # either retry goes on from the last epoch checkpoint its earlier attempt left.
+    # either retry gets what its earlier attempt left: its folder, or the files it named with
+    # TrialLink.keep_for_retry (mlp_sweep.train: its last epoch checkpoint).
     heartbeat_interval: Any = None
     grace_period: Any = None
     max_retry: Any = 3
@@ -108,10 +109,23 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # The searched keys a job's trials share (what the app cannot stack: the model's shape, the
     # batch size); the sampler chooses the rest per trial.
     fuse_by: Any = field(default_factory=list)
-    # Optuna's artifact store for the trials' run files (model.pt, metrics.json, config): a
-    # folder every host reaches, or s3://BUCKET; null keeps them on the disk that trained them.
-    # refit, compare and best.yaml fetch a folder that is not on their host from it.
+    # Optuna's artifact store for the trials' run files: a folder every host reaches, or
+    # s3://BUCKET; null keeps them on the disk that trained them. A reader on another host
+    # fetches a trial's folder from it. A job's files named for its retry go there too
+    # (TrialLink.keep_for_retry), so that a retry on another host gets them.
     artifacts: Any = None
+    # The files of a trial's run folder uploaded when it ends: globs relative to the folder
+    # (`**`: every file; `*.log`; `.hydra/config.yaml`). The sweeper's own trial.json stays.
+    artifacts_include: Any = field(default_factory=lambda: ["**"])
+    # Config keys that say how a run executes, not what it is (threads, device, a data folder,
+    # loggers; a key names its sub-keys too): a study resumes with them changed. Every other key
+    # not searched is a setting the study records, and a resume with another value stops.
+    execution_keys: Any = field(default_factory=list)
+    # What `python -m mlp_sweep.workers` starts as each worker: a list of words, `python` for
+    # this interpreter, e.g. [python, my_app.py] or [python, -m, my_package.app]
+    worker_command: Any = None
+    # The app's key for a worker's CPU threads, set to the cores / workers; null: none set
+    threads_key: Any = None
 
 
 @dataclass

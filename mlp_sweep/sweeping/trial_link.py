@@ -2,9 +2,10 @@
 when the sweep's budget ends.
 
 `report(value, step, last)` is the same for any Hydra app's task function (README: "The sweeper in
-your own Hydra app"); `mlp_sweep.train` calls it after every epoch. The trial comes from the one
-description the sweeper wrote for the job (trial_spec.py); without one, as in a single run or a
-grid, `report` does nothing.
+your own Hydra app"); `mlp_sweep.train` calls it after every epoch. So are `keep_for_retry(path)`,
+a file the trial's retry gets back, and `earlier_attempts()`, what a retry gets
+(retry_files.py). The trial comes from the one description the sweeper wrote for the job
+(trial_spec.py); without one, as in a single run or a grid, they do nothing.
 """
 
 import contextlib
@@ -18,6 +19,7 @@ from pathlib import Path
 import optuna
 
 from mlp_sweep.sweeping.optuna_compat import trial_from_id
+from mlp_sweep.sweeping.retry_files import EarlierAttempt, KeptFiles, checked_name
 from mlp_sweep.sweeping.storage import load_study
 from mlp_sweep.sweeping.sweep_settings import build_pruner
 from mlp_sweep.sweeping.trial_spec import TRIAL_VARIABLE, TrialSpec
@@ -58,6 +60,7 @@ class TrialLink:
 
     def __init__(self, spec: TrialSpec, trial: optuna.Trial | None) -> None:
         self.spec, self.trial = spec, trial
+        self.kept: KeptFiles | None = None  # what this attempt keeps for its retry
 
     @classmethod
     def of_this_job(cls) -> "TrialLink | None":
@@ -81,6 +84,32 @@ class TrialLink:
         """Record `key: value` on the trial (a user attribute), for the sweep and its readers."""
         if self.trial is not None:
             self.trial.set_user_attr(key, value)
+
+    def keep_for_retry(self, path: str | Path, name: str | None = None) -> None:
+        """Keep the file `path` for a retry of this trial, as `name` (default: the file's own
+        name) in the folder the retry reads (earlier_attempts); call it again when the file
+        changes: the newest copy replaces the last. It is copied to the sweep's artifact store;
+        without one (or with an in-memory study) nothing is copied, and a retry on this host
+        reads this attempt's folder itself."""
+        name = checked_name(Path(path), name)
+        if self.trial is None or not self.spec.artifacts:
+            return
+        if self.kept is None:
+            self.kept = KeptFiles(self.spec.artifacts, self.trial)
+        self.kept.keep(Path(path), name)
+
+    def drop_kept_for_retry(self) -> None:
+        """Remove what this attempt kept for a retry from the store, once the run has ended (the
+        sweep does it too when it records the trial's end)."""
+        if self.kept is not None:
+            self.kept.drop()
+
+    def earlier_attempts(self) -> list[EarlierAttempt]:
+        """The attempts this trial runs again, the latest first, each with its folder and the
+        files it kept for its retry (`with attempt.files() as folder`); [] for a first attempt."""
+        kept = self.spec.retry_files or ({},) * len(self.spec.resume_from)
+        return [EarlierAttempt(Path(folder), self.spec.artifacts, dict(files))
+                for folder, files in zip(self.spec.resume_from, kept, strict=True)]
 
     def report(self, value: float, step: int, last: bool = False,
                seconds_to_finish: float | None = None) -> None:
@@ -124,9 +153,29 @@ def report(value: float, step: int, last: bool = False) -> None:
     For any Hydra app swept with `hydra/sweeper=mlp_optuna`; in a single run, a grid or a call
     from Python it does nothing, so the same task runs everywhere.
     """
+    link = _this_job()
+    if link is not None:
+        link.report(value, step, last=last)
+
+
+def keep_for_retry(path: str | Path, name: str | None = None) -> None:
+    """Keep the file `path` for a retry of this job's trial (TrialLink.keep_for_retry); outside
+    an mlp_optuna sweep it does nothing."""
+    link = _this_job()
+    if link is not None:
+        link.keep_for_retry(path, name)
+
+
+def earlier_attempts() -> list[EarlierAttempt]:
+    """The earlier attempts of this job's trial, the latest first, each with what it kept for
+    its retry (TrialLink.earlier_attempts); [] for a first attempt and outside a sweep."""
+    link = _this_job()
+    return [] if link is None else link.earlier_attempts()
+
+
+def _this_job() -> TrialLink | None:
     path = os.environ.get(TRIAL_VARIABLE)
-    if path:
-        _link_for(Path(path).read_text()).report(value, step, last=last)
+    return _link_for(Path(path).read_text()) if path else None
 
 
 @functools.lru_cache(maxsize=4)

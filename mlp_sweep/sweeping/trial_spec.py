@@ -33,14 +33,13 @@ class TrialSpec:
     # trial.json and .hydra/config.yaml (fused_groups.py); empty: the job trains this trial alone
     fused: tuple[str, ...] = ()
     # The folders of the attempts this trial runs again (interrupted, or silent on another
-    # host), the latest first: the job may go on from what they left (mlp_sweep.train: a
-    # checkpoint)
+    # host), the latest first: the job may go on from what they left (retry_files.py)
     resume_from: tuple[str, ...] = ()
-    # hydra.sweeper.artifacts: the store's URL, where the job copies each checkpoint
+    # hydra.sweeper.artifacts: the store's URL, where the job keeps the files it names for a retry
     artifacts: str | None = None
-    # The artifact ids of the checkpoints those attempts left in the store ("" for none), in the
-    # same order: read when an attempt's folder is not on this host
-    stored_checkpoints: tuple[str, ...] = ()
+    # The files those attempts kept in the store, {name: artifact id} each, in the same order:
+    # read when an attempt's folder is not on this host
+    retry_files: tuple[dict[str, str], ...] = ()
 
     def write(self) -> Path:
         """Write `run_dir/trial.json` whole; its path, for the job's environment."""
@@ -58,7 +57,7 @@ class TrialSpec:
         fields = json.loads(text)
         return cls(**{**fields, "fused": tuple(fields.get("fused", ())),
                       "resume_from": tuple(fields.get("resume_from", ())),
-                      "stored_checkpoints": tuple(fields.get("stored_checkpoints", ()))})
+                      "retry_files": tuple(fields.get("retry_files", ()))})
 
     def group(self) -> list["TrialSpec"]:
         """The trials this job trains: this one, then those it is fused with."""

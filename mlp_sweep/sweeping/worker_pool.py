@@ -1,5 +1,6 @@
-"""Asynchronous sweep workers: K Optuna sweep processes on one study (the command:
-mlp_sweep.workers)."""
+"""Asynchronous sweep workers: K Optuna sweep processes of one Hydra app on one study (the
+command: mlp_sweep.workers). Each worker runs the app's `hydra.sweeper.worker_command`, with its
+share of the cores in `hydra.sweeper.threads_key` where the app has one."""
 
 import os
 import signal
@@ -7,31 +8,33 @@ import subprocess
 import sys
 import threading
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from hydra import compose, initialize_config_module
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping.storage import create_study
-from mlp_sweep.sweeping.sweep_settings import directions_of
+from mlp_sweep.sweeping.sweep_settings import check_worker_keys, directions_of
 
 DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
 
 
-def worker_commands(workers: int, overrides: list[str],
-                    config_dir: Path | None = None) -> list[list[str]]:
-    """The command of each worker: its own sampler seed, its share of the cores. Creates the
-    study first, so that the workers do not race to create the database schema."""
-    # hparams_search=optuna unless the overrides name another preset (optuna_course)
-    preset = [] if any(o.startswith("hparams_search=") for o in overrides) else ["hparams_search=optuna"]
+def worker_commands(workers: int, overrides: list[str], config_dir: Path | None = None, *,
+                    config_module: str, config_name: str) -> list[list[str]]:
+    """The command of each worker of the app whose config is `config_name` in `config_module`:
+    its own sampler seed, its share of the cores. Creates the study first, so that the workers
+    do not race to create the database schema."""
     if config_dir is not None:  # the same search path here and in every worker
         if not config_dir.is_dir():
             raise UserError(f"--config-dir {config_dir} is not a folder; allowed: a folder of "
                             "config groups to add to the search path")
         overrides = [f"hydra.searchpath=['file://{config_dir.resolve()}']", *overrides]
-    with initialize_config_module(config_module="mlp_sweep.conf"):
-        cfg = compose("train", overrides=[*preset, *overrides], return_hydra_config=True)
+    with initialize_config_module(config_module=config_module):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
     sweeper = cfg.hydra.sweeper
+    check_worker_keys(sweeper)
+    command = command_of(sweeper.get("worker_command"))
+    threads_key = sweeper.get("threads_key")
     storage, extra = sweeper.storage, []
     if storage is None or str(storage).startswith("sqlite"):
         storage = DEFAULT_STORAGE  # SQLite locks under parallel writes
@@ -40,11 +43,20 @@ def worker_commands(workers: int, overrides: list[str],
     seed = sweeper.sampler.get("seed") or 0
     threads = max(1, (os.cpu_count() or 1) // workers)
     return [
-        [sys.executable, "-m", "mlp_sweep.train", "--multirun", *preset, *overrides,
-         *extra, "hydra.sweeper.n_jobs=1", f"hydra.sweeper.sampler.seed={seed + k}",
-         f"trainer.threads={threads}"]
+        [*command, "--multirun", *overrides, *extra, "hydra.sweeper.n_jobs=1",
+         f"hydra.sweeper.sampler.seed={seed + k}",
+         *([f"{threads_key}={threads}"] if threads_key else [])]
         for k in range(workers)
     ]
+
+
+def command_of(words: Any) -> list[str]:
+    """`hydra.sweeper.worker_command` as a command, `python` as this interpreter (the one with
+    mlp_sweep installed); UserError when it is not set."""
+    if words is None:
+        raise UserError("hydra.sweeper.worker_command=None: the workers need the command that "
+                        "runs the app; allowed: a list of words, e.g. [python, my_app.py]")
+    return [sys.executable if word == "python" else str(word) for word in words]
 
 
 def worker_gpus(workers: int, visible: list[str], chosen: list[int] | None = None,

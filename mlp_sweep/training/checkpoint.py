@@ -27,7 +27,7 @@ PREVIOUS_FILE = "checkpoint.prev.pt"
 
 class CheckpointCopy(Protocol):
     """Somewhere else a run's newest checkpoint is kept, for a host that cannot read its folder
-    (sweeping/artifacts.py: the sweep's artifact store)."""
+    (job.py: kept for a retry of the trial, in the sweep's artifact store)."""
 
     def saved(self, path: Path, epoch: int) -> None: ...
 

@@ -50,7 +50,7 @@ RUN_ONLY_TRAINER_KEYS = ("threads", "progress", "checkpoint", "resume")
 class Run:
     """One run to train: its config, folder (None: nothing written), epoch callback, tracker
     identity (study, trial number), an earlier attempt's (folder, checkpoint) to go on from,
-    and where its checkpoints are copied (sweeping/artifacts.py)."""
+    and where its checkpoints are copied (job.py: kept for a retry of its trial)."""
 
     cfg: DictConfig
     run_dir: Path | None = None
