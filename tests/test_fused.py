@@ -229,3 +229,16 @@ def test_a_stack_interrupted_leaves_each_member_a_checkpoint_it_goes_on_from_alo
                   resume=(str(folder), checkpoint_of(folder)))
         train_run(cfg, tmp_path / f"single{name}")
         assert_same_run(tmp_path / f"resumed{name}", tmp_path / f"single{name}")
+
+
+def test_a_stack_left_with_one_member_trains_it_on_as_its_single_run(tmp_path, small_root):
+    def prune_after_epoch_1(metrics):
+        raise optuna.TrialPruned("pruned after step 1")
+
+    cfg = member_cfg(small_root, *OWN[0], "model.dropout=0.2")
+    outcomes = train_runs([Run(member_cfg(small_root, *OWN[2]), tmp_path / "pruned", name=0,
+                               on_epoch=prune_after_epoch_1),
+                           Run(cfg, tmp_path / "left", name=1)])
+    assert isinstance(outcomes[0], optuna.TrialPruned)
+    train_run(cfg, tmp_path / "single")
+    assert_same_run(tmp_path / "left", tmp_path / "single")

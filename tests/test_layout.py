@@ -1,5 +1,5 @@
-"""The package's shape: three parts, the commands and three shared helpers at the top, and no
-import circles between modules or between parts."""
+"""The package's shape: three parts, the commands, a sweep job's side of its trials and three
+shared helpers at the top, and no import circles between modules or between parts."""
 
 import ast
 from pathlib import Path
@@ -8,6 +8,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "mlp_sweep"
 PARTS = ("training", "sweeping", "analysis")
 ENTRY_POINTS = {"train", "workers", "compare", "refit"}  # python -m mlp_sweep.NAME
 SHARED = {"errors", "files", "values"}  # used by every part; they import none of them
+JOB = {"job"}  # what `train` runs in a sweep's job: a trial (sweeping) as a run (training)
 
 
 def module_name(path: Path) -> str:
@@ -110,9 +111,9 @@ def test_the_sweeper_imports_neither_torch_nor_training_nor_analysis():
                                                        "mlp_sweep.analysis"))}, path
 
 
-def test_top_level_holds_only_entry_points_and_the_shared_helpers():
+def test_top_level_holds_only_entry_points_the_job_and_the_shared_helpers():
     top = {p.stem for p in PACKAGE.glob("*.py")} - {"__init__"}
-    assert top == ENTRY_POINTS | SHARED
+    assert top == ENTRY_POINTS | JOB | SHARED
     assert {p.name for p in PACKAGE.iterdir() if (p / "__init__.py").is_file()} == set(PARTS)
 
 

@@ -262,7 +262,9 @@ class Stack(nn.Module):
         return self.stack.size
 
     def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.stack(inputs)
+        logits = self.stack(inputs)
+        # Whittled down to one member (the others ended), it reads as SingleModel does.
+        return logits[0] if self.size == 1 else logits
 
     def zero_grad(self, set_to_none: bool = True) -> None:
         self.steps.zero_grad()
