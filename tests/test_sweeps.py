@@ -18,7 +18,7 @@ import pytest
 import yaml
 from optuna.trial import TrialState
 
-from mlp_sweep.sweeping import resume
+from mlp_sweep.sweeping import resume, trial_attrs
 from mlp_sweep.sweeping.resume import counted
 from mlp_sweep.training.optimizer_space import optimizer_specific
 from mlp_sweep.sweeping.storage import load_study
@@ -104,8 +104,12 @@ def test_a_trial_asked_but_never_labelled_is_run_again_not_left_running(tmp_path
     storage = f"sqlite:///{tmp_path}/optuna.db"
     first = run_here(*sweep_args(mnist_root, storage, 2, "trainer.epochs=1"), cwd=tmp_path)
     assert first.returncode == 0, first.stderr
-    # What a sweep killed between asking for a trial and labelling it leaves: counted, RUNNING
-    lost = load_study("course_mnist", storage).ask()
+    # What a sweep killed between asking for a trial and labelling it leaves: counted, RUNNING,
+    # marked as the sweep's before it ran (resume.ask_as_ours)
+    study = load_study("course_mnist", storage)
+    study.add_trial(optuna.create_trial(state=TrialState.WAITING,
+                                        user_attrs={trial_attrs.ASKED: True}))
+    lost = study.ask()
     again = run_here(*sweep_args(mnist_root, storage, 3, "trainer.epochs=1"), cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     study = load_study("course_mnist", storage)

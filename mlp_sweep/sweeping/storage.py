@@ -131,6 +131,21 @@ def absolute_storage(spec: str | None) -> str | None:
     return spec
 
 
+def lease_folder(spec: str | None) -> Path | None:
+    """The folder beside a journal or SQLite file where its workers hold their leases
+    (resume.py): every worker of the study sees it. None for a database server or memory."""
+    spec = absolute_storage(spec)
+    if spec is None:
+        return None
+    if spec.startswith(JOURNAL_PREFIX):
+        path = Path(spec[len(JOURNAL_PREFIX):])
+    elif spec.startswith("sqlite:///") and ":memory:" not in spec:
+        path = Path(spec[len("sqlite:///"):].partition("?")[0])
+    else:
+        return None
+    return path.with_name(path.name + ".workers")
+
+
 def load_study(name: str, spec: str, pruner: optuna.pruners.BasePruner | None = None) -> optuna.Study:
     return optuna.load_study(study_name=name, storage=open_storage(spec), pruner=pruner)
 

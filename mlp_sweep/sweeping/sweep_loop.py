@@ -7,8 +7,8 @@ Each job gets its trial as one description, `trial.json` in its folder (trial_sp
 its environment; it reports per step (trial_link.py) and is stopped when the pruner says so; it
 returns TrialPruned and the trial is recorded PRUNED. With `fuse` > 1 a job gets a group of
 trials (fused_groups.py) and returns each one's outcome by trial number. A retry (of a trial
-interrupted, or silent on another host) is told the earlier attempts' folders and the checkpoints
-they copied to the artifact store, to go on from them. A job that
+interrupted, or silent on another host) is told the earlier attempts' folders and the files
+they kept for it in the artifact store (retry_files.py), to go on from them. A job that
 raises is recorded FAIL with the reason, and the sweep goes on until those failures exceed
 `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count) is a
 FAIL trial too, as in the stock sweeper, and does not stop the sweep.
@@ -29,12 +29,12 @@ from optuna.distributions import BaseDistribution
 from optuna.trial import FrozenTrial, TrialState
 
 from mlp_sweep.errors import UserError, first_line
-from mlp_sweep.sweeping import resume, trial_attrs
+from mlp_sweep.sweeping import resume, retry_files, trial_attrs
 from mlp_sweep.sweeping.artifacts import checked_store, upload_run
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_result,
                                               write_job_files)
-from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, trial_id
+from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, storage_of, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
 from mlp_sweep.sweeping.storage import absolute_storage, create_study
@@ -56,7 +56,7 @@ class SweepLoop:
         self.settings, self.config, self.launcher = settings, config, launcher
         self.config_loader = config_loader  # composes the job files of fused trials
         self.n_trials = settings.n_trials  # a grid lowers it to its size
-        self.other_workers = resume.OtherWorkers(settings.heartbeat)
+        self.other_workers = resume.OtherWorkers(settings.heartbeat, settings.storage)
         self.deadline: float | None = None  # Unix time the budget ends, unless on_timeout=finish
         self.progress: SweepProgress | None = None
         # Per trial number: the earlier attempts a trial runs again, the latest first (empty
@@ -87,8 +87,9 @@ class SweepLoop:
             self.store = checked_store(settings.artifacts)
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
-        check_same_settings(study, study_settings(self.config, space), settings.storage)
-        resume.fail_interrupted(study, settings.max_retry)
+        check_same_settings(study, study_settings(self.config, space, settings.execution_keys),
+                            settings.storage)
+        resume.fail_interrupted(study, settings.max_retry, settings.storage)
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
@@ -120,8 +121,8 @@ class SweepLoop:
                          f"{len(resume.counted(study))} of {self.n_trials} trials in the study")
                 break
             resume.fail_stale(study, self.settings.heartbeat)
-            # A worker beside this one on this host may have been killed since (mlp_sweep.workers)
-            resume.fail_interrupted(study, self.settings.max_retry)
+            # A worker beside this one may have been killed since (mlp_sweep.workers)
+            resume.fail_interrupted(study, self.settings.max_retry, self.settings.storage)
             missing = resume.still_to_run(study, self.n_trials)
             if missing <= 0:
                 if self.other_workers.wait(study, self.n_trials):
@@ -155,12 +156,11 @@ class SweepLoop:
 
     def _ask(self, study: optuna.Study, sweep_dir: Path,
              space: dict[str, BaseDistribution]) -> optuna.Trial | None:
-        trial = study.ask(space)
-        resume.label_as_ours(study, trial, self.settings.heartbeat)
+        trial = resume.ask_as_ours(study, space, self.settings.heartbeat, self.settings.storage)
         trial.set_user_attr(trial_attrs.RUN_DIR, str(sweep_dir / str(trial.number)))
         if resume.is_surplus(study, trial, self.n_trials):
             return None
-        # A retry (its earlier attempt interrupted or stale) goes on from their checkpoints.
+        # A retry (its earlier attempt interrupted or stale) goes on from what they left.
         self.earlier_attempts[trial.number] = [t for t in resume.attempts(study, trial)
                                                if trial_attrs.run_dir(t)]
         return trial
@@ -205,8 +205,8 @@ class SweepLoop:
             resume_from=tuple(str(trial_attrs.run_dir(t))
                               for t in self.earlier_attempts[trial.number]),
             artifacts=self.settings.artifacts,
-            stored_checkpoints=tuple(trial_attrs.stored_checkpoint(t)
-                                     for t in self.earlier_attempts[trial.number]))
+            retry_files=tuple(trial_attrs.retry_files(t)
+                              for t in self.earlier_attempts[trial.number]))
 
     def _quiet_console(self) -> list[str]:
         """With progress.quiet_jobs, the jobs' console shows warnings only: the console is the
@@ -233,6 +233,14 @@ class SweepLoop:
 
     def _tell(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn,
               fused: bool = False) -> None:
+        if resume.taken_over(study, trial):  # another worker took this one for dead
+            return
+        with resume.unless_taken_over(study, trial):  # or does so meanwhile
+            self._record(study, trial, job, fused)
+
+    def _record(self, study: optuna.Study, trial: optuna.Trial, job: JobReturn,
+                fused: bool) -> None:
+        """How the trial's job ended, told to the study."""
         state, values = TrialState.COMPLETE, None
         try:
             value = job.return_value  # raises what the job raised
@@ -259,13 +267,17 @@ class SweepLoop:
                 raise
 
     def _upload(self, trial: optuna.Trial) -> None:
-        """The ended trial's run files to the artifact store, if the sweep has one. A store that
-        fails now costs the trial its remote copy, not its result."""
+        """The ended trial's run files to the artifact store, if the sweep has one, and the
+        files it and its earlier attempts kept for a retry out of it. A store that fails now
+        costs the trial its remote copy, not its result."""
         if self.store is None:
             return
         folder = trial_attrs.run_dir(trial)
+        ended = storage_of(trial.study).get_trial(trial_id(trial))  # as its job recorded it
+        retry_files.drop(self.store, [ended, *self.earlier_attempts.get(trial.number, [])])
         try:
-            upload_run(self.store, self.settings.artifacts, trial, folder)
+            upload_run(self.store, self.settings.artifacts, trial, folder,
+                       self.settings.artifacts_include)
         except Exception as error:
             log.warning(f"Trial {trial.number}: its files in {folder} could not be uploaded to "
                         f"{self.settings.artifacts} ({first_line(error)}); they stay on this host")

@@ -10,6 +10,10 @@ from typing import Any
 
 RUN_DIR = "run_dir"            # the job's folder, absolute
 WORKER = "worker"              # "host:pid" of the worker that asked for it
+LIVENESS = "worker_liveness"   # {"lease": file, "process": "host/boot/pidns/pid/start"}:
+                               # what another worker asks whether it still lives (resume.py)
+ASKED = "asked_by_sweep"       # set before a sweep's trial runs: one another program asked
+                               # for has none, and is never failed for want of a worker
 PRUNED_BY = "pruned_by"        # a PRUNED trial: "pruner", or "budget" (the sweep's timeout)
 FAIL_REASON = "fail_reason"    # a FAIL trial: its job's exception, one line
 UNRECORDABLE = "unrecordable"  # a FAIL trial whose job's value, not its job, failed
@@ -19,8 +23,8 @@ IMPORTED = "imported_from"     # "study#number" a warm start copied it from
 TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
 RESUMED_AFTER = "resumed_after"  # the epoch (step) its job went on from, an earlier attempt's
 ARTIFACTS = "artifacts"        # {"store": URL, "files": {relative path: artifact id}} (artifacts.py)
-STORED_CHECKPOINT = "stored_checkpoint"  # a running trial's newest checkpoint in the store:
-                                         # {"id": artifact id, "epoch": N}; removed at its end
+RETRY_FILES = "retry_files"    # the files its job kept in the store for its retry:
+                               # {name: artifact id} (retry_files.py); the files go at its end
 
 PRUNED_BY_PRUNER, PRUNED_BY_BUDGET = "pruner", "budget"
 
@@ -33,6 +37,15 @@ def run_dir(trial: Any) -> Path | None:
 def worker(trial: Any) -> str:
     """"host:pid", or "" for a trial no worker labelled."""
     return str(trial.user_attrs.get(WORKER, ""))
+
+
+def liveness(trial: Any) -> dict:
+    """How to tell whether the trial's worker lives; {} for a trial no worker labelled."""
+    return dict(trial.user_attrs.get(LIVENESS) or {})
+
+
+def asked_by_sweep(trial: Any) -> bool:
+    return bool(trial.user_attrs.get(ASKED))
 
 
 def pruned_by(trial: Any) -> str:
@@ -63,10 +76,9 @@ def artifacts(trial: Any) -> dict | None:
     return trial.user_attrs.get(ARTIFACTS)
 
 
-def stored_checkpoint(trial: Any) -> str:
-    """The artifact id of the newest checkpoint the trial left in the store; "" for none."""
-    stored = trial.user_attrs.get(STORED_CHECKPOINT)
-    return stored["id"] if stored else ""
+def retry_files(trial: Any) -> dict[str, str]:
+    """{name: artifact id} of the files the trial's job kept in the store for its retry."""
+    return dict(trial.user_attrs.get(RETRY_FILES) or {})
 
 
 def imported_from(trial: Any) -> str | None:
