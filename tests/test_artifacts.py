@@ -240,12 +240,12 @@ def test_refit_of_a_trial_on_another_host_without_a_store_names_the_folder(tmp_p
 
 @pytest.mark.slow  # two workers, PostgreSQL, a refit
 def test_the_readme_many_hosts_commands_as_written(tmp_path, mnist_root, postgres_url):
-    # The README's block, with its database and shared folder replaced by this test's (a fresh
+    # docs/artifact-stores.md's block, with its database and shared folder replaced by this test's (a fresh
     # database, so that its study name is free) and a small budget appended to the workers' line.
     import psycopg
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    [block] = [b for b in readme.split("```bash\n")[1:]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "artifact-stores.md").read_text()
+    [block] = [b for b in page.split("```bash\n")[1:]
                if "hydra.sweeper.artifacts=/mnt/shared/sweeps" in b]
     lines = block.split("```")[0].replace("\\\n", " ").splitlines()
     workers, refit, compare = [line.split() for line in lines if line.startswith(".venv/bin/python")]

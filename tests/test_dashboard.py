@@ -1,4 +1,4 @@
-"""The README's `optuna-dashboard sqlite:///multirun/optuna.db` on a study the CLI wrote: its JSON
+"""docs/many-hosts.md's `optuna-dashboard sqlite:///multirun/optuna.db` on a study the CLI wrote: its JSON
 API serves the trials, states and per-epoch values that Optuna reads from the same storage, and its
 study page renders them in headless Chromium."""
 

@@ -18,7 +18,7 @@ from mlp_sweep.training.precision import cpu_flags, native_bf16, training_dtype
 from conftest import SMALL_DATA, compose_config, run_here
 
 CPU = torch.device("cpu")
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+BF16_DOC = (Path(__file__).resolve().parents[1] / "docs" / "bf16.md").read_text()
 
 
 def blobs(n: int, seed: int) -> Split:
@@ -86,7 +86,7 @@ def test_a_bf16_run_says_so_in_its_log_and_its_metrics(tmp_path, small_root):
 
 
 def test_the_readmes_bf16_command_runs_as_written(tmp_path, mnist_root):
-    [command] = [line for line in README.splitlines()
+    [command] = [line for line in BF16_DOC.splitlines()
                  if line.startswith(".venv/bin/python -m mlp_sweep.train")
                  and "trainer.precision=bf16" in line]
     (tmp_path / "data").symlink_to(mnist_root)  # the config's dataset.root, ./data

@@ -1,4 +1,4 @@
-"""The README's Python and config examples, run as written: train from Python or a notebook, the
+"""The docs' Python and config examples, run as written: train from Python or a notebook, the
 sweeper in your own app, and a new dataset as one config file and one registered loader."""
 
 import re
@@ -13,24 +13,25 @@ from mlp_sweep.training import data
 from conftest import as_a_new_process, write_fashion_mnist
 
 ROOT = Path(__file__).resolve().parents[1]
-README = (ROOT / "README.md").read_text()
+DOCS = ROOT / "docs"
 
 
-def examples(language: str, containing: str) -> list[str]:
-    """The README's fenced `language` blocks that contain `containing`, dedented."""
-    blocks = re.findall(rf"^( *)```{language}\n(.*?)^\1```", README, re.S | re.M)
+def examples(page: str, language: str, containing: str) -> list[str]:
+    """The fenced `language` blocks of docs/`page` that contain `containing`, dedented."""
+    text = (DOCS / page).read_text()
+    blocks = re.findall(rf"^( *)```{language}\n(.*?)^\1```", text, re.S | re.M)
     return [re.sub(rf"^{indent}", "", body, flags=re.M) for indent, body in blocks
             if containing in body]
 
 
 def test_the_readme_app_is_the_tested_one():
-    [app] = examples("python", "# my_app.py")
+    [app] = examples("own-app.md", "python", "# my_app.py")
     assert app == (ROOT / "tests" / "sweeper_app" / "my_app.py").read_text()
 
 
 @pytest.mark.parametrize("hydra_node", [False, True])
 def test_train_from_python_or_a_notebook(tmp_path, mnist_root, hydra_node):
-    [example] = [e for e in examples("python", "from mlp_sweep.train import train")
+    [example] = [e for e in examples("python-api.md", "python", "from mlp_sweep.train import train")
                  if ("return_hydra_config=True" in e) == hydra_node]
     (tmp_path / "data").symlink_to(mnist_root)  # the config's dataset.root, ./data
     with as_a_new_process(tmp_path) as (out, _):
@@ -45,8 +46,8 @@ def test_train_from_python_or_a_notebook(tmp_path, mnist_root, hydra_node):
 
 
 def test_a_new_dataset_is_one_config_file_and_one_registered_loader(tmp_path):
-    [config] = examples("yaml", "# conf/dataset/kmnist.yaml")
-    [loader] = examples("python", '@dataset_loader("kmnist")')
+    [config] = examples("configuration.md", "yaml", "# conf/dataset/kmnist.yaml")
+    [loader] = examples("configuration.md", "python", '@dataset_loader("kmnist")')
     (tmp_path / "conf" / "dataset").mkdir(parents=True)
     (tmp_path / "conf" / "dataset" / "kmnist.yaml").write_text(config)
     exec(loader, vars(data).copy())  # as if written in mlp_sweep/training/data.py

@@ -182,7 +182,7 @@ def test_the_workers_run_the_apps_command_with_its_threads_key(tmp_path, monkeyp
 
 
 def test_the_readme_retry_example_is_the_sphere_apps_own():
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
-    [example] = [block.split("```")[0] for block in readme.split("```python\n")[1:]
+    page = (Path(__file__).resolve().parents[1] / "docs" / "own-app.md").read_text()
+    [example] = [block.split("```")[0] for block in page.split("```python\n")[1:]
                  if "def steps_done_before" in block.split("```")[0]]
     assert example in SPHERE.read_text()
