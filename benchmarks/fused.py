@@ -12,14 +12,14 @@ Writes benchmarks/results/fused.{json,md} after each part:
   torch's fused kernel) through the training loop (engine.fit, one member) against a bare loop of
   the same math (index_select, forward, cross-entropy, zero_grad, backward, step; the same
   evaluation), interleaved over 5 rounds: seconds (median) and the ratio;
-- stacks: one epoch (training and evaluation) of K = 1, 4, 8 and 16 course MLPs (batch 64, Adam,
-  each its own learning rate) trained as one stack, in fp32 and bf16, against the same models
-  trained one after another as single runs; and K = 4 of the `optuna` preset's recipe and of its
-  2 x 1024 trial (batch 256, AdamW): seconds per model-epoch and the ratio;
+- stacks: one epoch (training and evaluation) of K = 4, 8 and 16 course MLPs (batch 64, Adam,
+  each its own learning rate) trained as one stack, in fp32 and bf16, against one such model
+  trained alone; and K = 4 of the `optuna` preset's recipe and of its 2 x 1024 trial (batch 256,
+  AdamW): seconds per model-epoch (median of 3 interleaved rounds) and the ratio;
 - end-to-end: 8 trials of `hparams_search=optuna_course` (3 epochs, [128,64], batch 64, pruning
   off, the optimizers and rates the preset samples) as a user runs them, with
-  `hydra.sweeper.fuse=8` against `fuse=1`, one command after the other, 3 rounds in alternating
-  order: wall seconds of the whole command (median) and the ratio;
+  `hydra.sweeper.fuse=8` against `fuse=1`, one command after the other, 3 rounds (`--rounds`)
+  in alternating order: wall seconds of the whole command (median) and the ratio;
 - course, optuna: each preset searched for 5 minutes at sampler seeds 123-125, with fuse=1 fp32
   and with the preset's own defaults; trials per minute, and the best validation accuracy so far
   at 2 and 5 minutes (read from the trials' completion times). Not run by default.
@@ -45,7 +45,7 @@ SEEDS = (123, 124, 125)
 OLD_DEFAULTS = ["hydra.sweeper.fuse=1", "trainer.precision=fp32"]
 READ_AT = {"2 min": 120, "5 min": 300}
 STACKS = (  # (label, overrides, K values)
-    ("course 128-64, batch 64, Adam", ["model.hidden_sizes=[128,64]"], (1, 4, 8, 16)),
+    ("course 128-64, batch 64, Adam", ["model.hidden_sizes=[128,64]"], (4, 8, 16)),
     ("optuna recipe 2 x 256, batch 256, AdamW",
      ["model.hidden_sizes=[256,256]", "trainer.batch_size=256", "optimizer=adamw"], (4,)),
     ("2 x 1024, batch 256, AdamW",
@@ -129,7 +129,7 @@ def end_to_end(data: Path, runs: Path, rounds: int = 3) -> dict:
     return result
 
 
-def stack_epochs(data: Path) -> list[dict]:
+def stack_epochs(data: Path, rounds: int = 3) -> list[dict]:
     """Seconds per model-epoch, stacked and alone, as the training loop trains them."""
     from hydra import compose, initialize_config_module
 
@@ -151,25 +151,35 @@ def stack_epochs(data: Path) -> list[dict]:
                       cfg(*overrides).trainer.batch_size)
             for precision in ("fp32", "bf16"):
                 dtype = torch.bfloat16 if precision == "bf16" else torch.float32
-                for k in sizes:
-                    cfgs = [cfg(*overrides, f"optimizer.lr={0.0005 * (i + 1)}") for i in range(k)]
-                    built = []
-                    for c in cfgs:
+
+                def built(k: int) -> list:
+                    out = []
+                    for i in range(k):
                         torch.manual_seed(0)
-                        built.append(build_training(c, len(splits.train)))
-                    batch = cfgs[0].trainer.batch_size
+                        out.append(build_training(
+                            cfg(*overrides, f"optimizer.lr={0.0005 * (i + 1)}"),
+                            len(splits.train)))
+                    return out
+
+                batch = cfg(*overrides).trainer.batch_size
+                times: dict[int | str, list[float]] = {"alone": [], **{k: [] for k in sizes}}
+                for _ in range(rounds):  # interleaved: a slow minute of the machine hits all
+                    b = built(1)[0]
                     start = time.perf_counter()
-                    for b in built[:2]:  # alone: a stack of one, two of them timed
-                        fit_model(b.model, b.optimizer, splits, 1, batch, loss_fn=b.loss_fn,
-                                  dtype=dtype)
-                    alone = (time.perf_counter() - start) / min(k, 2)
-                    members = [Member(b.model, b.optimizer, RandomStreams.from_seed(0, cpu),
-                                      loss_fn=b.loss_fn, schedule=b.schedule) for b in built]
-                    start = time.perf_counter()
-                    fit(members, splits, 1, batch, progress=False, dtype=dtype)
-                    stacked = (time.perf_counter() - start) / k
+                    fit_model(b.model, b.optimizer, splits, 1, batch, loss_fn=b.loss_fn,
+                              dtype=dtype)
+                    times["alone"].append(time.perf_counter() - start)
+                    for k in sizes:
+                        members = [Member(b.model, b.optimizer, RandomStreams.from_seed(0, cpu),
+                                          loss_fn=b.loss_fn, schedule=b.schedule)
+                                   for b in built(k)]
+                        start = time.perf_counter()
+                        fit(members, splits, 1, batch, progress=False, dtype=dtype)
+                        times[k].append((time.perf_counter() - start) / k)
+                alone = statistics.median(times["alone"])
+                for k in sizes:
                     rows.append({"model": label, "precision": precision, "k": k,
-                                 "alone_s": alone, "stacked_s": stacked})
+                                 "alone_s": alone, "stacked_s": statistics.median(times[k])})
                     print(rows[-1], flush=True)
         fp32_alone = {row["model"]: row["alone_s"] for row in rows if row["precision"] == "fp32"}
         for row in rows:
@@ -204,15 +214,18 @@ def median_row(runs: dict, preset: str, label: str) -> dict:
 
 
 def markdown(report: dict) -> str:
-    lines = [f"# Fused trials and bf16 ({report['date']}, {report['machine']}, torch {report['torch']})", ""]
+    lines = [f"# The training loop, alone and stacked ({report['date']}, {report['machine']}, "
+             f"torch {report['torch']})", ""]
     if "loop" in report:
         s = report["loop"]
-        lines += ["## One model: the training loop against a bare loop (one epoch, median of 5)", "",
+        lines += [f"## One model: the training loop against a bare loop (one epoch, median of "
+                  f"{len(s['each_s']['bare loop'])})", "",
                   "| loop | s / epoch |", "|---|---|"]
         lines += [f"| {name} | {seconds:.3f} |" for name, seconds in s["epoch_s"].items()]
         lines += ["", f"The training loop / the bare loop: {s['loop_over_bare']:.3f}.", ""]
     if "stacks" in report:
-        lines += ["## K models trained as one stack (one epoch, training and evaluation)", "",
+        lines += ["## K models trained as one stack (one epoch, training and evaluation; median "
+                  "of 3 interleaved rounds)", "",
                   "| model | precision | K | alone s / model | stacked s / model | gain | gain against fp32 alone |",
                   "|---|---|---|---|---|---|---|"]
         for r in report["stacks"]:
@@ -221,7 +234,8 @@ def markdown(report: dict) -> str:
         lines.append("")
     if "end-to-end" in report:
         e = report["end-to-end"]
-        lines += ["## 8 `optuna_course` trials end to end (whole command, median of 3)", "",
+        lines += [f"## 8 `optuna_course` trials end to end (whole command, median of "
+                  f"{len(e['each_s']['fuse=1'])} rounds)", "",
                   f"`python -m mlp_sweep.train --multirun {' '.join(END_TO_END)} "
                   "hydra.sweeper.fuse=K`", "", "| fuse | s (each round) |", "|---|---|"]
         lines += [f"| {name} | {e['command_s'][name]:.1f} ({', '.join(f'{t:.1f}' for t in e['each_s'][name])}) |"
@@ -259,6 +273,7 @@ def main() -> None:
                         choices=("loop", "stacks", "end-to-end", "course", "optuna"),
                         default=["loop", "stacks", "end-to-end"])
     parser.add_argument("--resume", action="store_true", help="add to the results file")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds of the end-to-end part")
     args = parser.parse_args()
     data = args.data.absolute()
     runs = args.runs.absolute() / datetime.now().strftime("%Y-%m-%d_%H-%M-%S")
@@ -279,7 +294,7 @@ def main() -> None:
         elif part == "stacks":
             report["stacks"] = stack_epochs(data)
         elif part == "end-to-end":
-            report["end-to-end"] = end_to_end(data, runs)
+            report["end-to-end"] = end_to_end(data, runs, args.rounds)
         else:
             preset = "optuna_course" if part == "course" else "optuna"
             report[preset] = searches(preset, data, runs, args.budget)

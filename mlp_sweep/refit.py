@@ -1,6 +1,7 @@
 """Refit a sweep's best trial on all its training data and measure it on the test set.
 
-    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00 [--seeds 3]
+    python -m mlp_sweep.refit                  (the newest sweep under multirun/) [--seeds 3]
+    python -m mlp_sweep.refit multirun/2026-11-30/10-00-00
     python -m mlp_sweep.refit multirun/2026-11-30/10-00-00/17      (that trial, not the best)
     python -m mlp_sweep.refit --storage postgresql://host/db --study mlp_mnist   (from any host)
 
@@ -18,6 +19,7 @@ import logging
 import sys
 from pathlib import Path
 
+from mlp_sweep.analysis.runs import newest_sweep
 from mlp_sweep.analysis.refit_best import REFIT_FILE, best_trial_dir, best_trial_of_study, refit
 from mlp_sweep.analysis.stored_study import check_study_arguments
 from mlp_sweep.errors import UserError, error_line
@@ -31,7 +33,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mlp_sweep.refit", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("sweep_dir", type=Path, nargs="?",
-                        help="a sweep folder (multirun/DATE/TIME), or one trial's")
+                        help="a sweep folder (multirun/DATE/TIME), or one trial's; default: "
+                        "the newest sweep under multirun/")
     parser.add_argument("--storage", help="the study's storage URL (with --study, instead of a folder)")
     parser.add_argument("--study", help="the study's name, in --storage")
     parser.add_argument("--seeds", type=int, default=3, help="how many seeds (0..N-1); default 3")
@@ -40,9 +43,15 @@ def main(argv: list[str] | None = None) -> int:
         if args.seeds < 1:
             raise UserError(f"--seeds={args.seeds} is not allowed; allowed: an integer >= 1")
         named = check_study_arguments(args.storage, args.study)
-        if (args.sweep_dir is None) != named:
+        if args.sweep_dir is not None and named:
             raise UserError("give a sweep folder, or --storage and --study; allowed: one of "
                             "them, e.g. multirun/2026-11-30/10-00-00")
+        if args.sweep_dir is None and not named:
+            args.sweep_dir = newest_sweep()
+            if args.sweep_dir is None:
+                raise UserError("no sweep under multirun/ here to refit; allowed: a sweep "
+                                "folder, or --storage and --study")
+            log.info(f"refitting the newest sweep: {args.sweep_dir}")
         if named:
             trial_dir = best_trial_of_study(args.study, args.storage)
             out_dir = runs_dir = Path("refit") / args.study

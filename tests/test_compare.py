@@ -381,3 +381,20 @@ def test_one_epoch_learning_curves_have_whole_epoch_ticks(tmp_path):
         low, high = ax.get_xlim()
         visible = [tick for tick in ax.get_xticks() if low <= tick <= high]
         assert visible == [1.0], (ax.get_title(), ax.get_xticks())
+
+
+@slow
+def test_a_grid_is_ranked_on_validation_when_its_runs_hold_it_and_says_so(project, mnist_root):
+    without = compare(str(grid_dir(project)), "--no-group", "--json", "plain.json", cwd=project)
+    assert without.returncode == 0, without.stderr
+    assert "Ranked by test_accuracy: these runs hold no validation split" in without.stdout
+    grid = run_here("--multirun", "optimizer=adam,sgd", *TINY, "dataset.val_size=1000",
+                    f"dataset.root={mnist_root}", "hydra.sweep.dir=multirun/grid-val", cwd=project)
+    assert grid.returncode == 0, grid.stderr
+    ranked = compare("multirun/grid-val", "--json", "val.json", cwd=project)
+    assert ranked.returncode == 0, ranked.stderr
+    assert "Ranked by val_accuracy: the runs hold a validation split" in ranked.stdout
+    shown = json.loads((project / "val.json").read_text())
+    assert shown["metric"] == "val_accuracy"
+    values = [row["val_accuracy"] for row in shown["rows"]]
+    assert values == sorted(values, reverse=True)  # best validation first, whatever the test says

@@ -119,8 +119,9 @@ def test_refit_trains_the_best_trial_on_train_and_validation_with_each_seed(tmp_
                       "hydra.sweep.dir=multirun/sweep", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
     sweep = tmp_path / "multirun" / "sweep"
-    refit = refit_cli(str(sweep), "--seeds", "2", cwd=tmp_path)
+    refit = refit_cli("--seeds", "2", cwd=tmp_path)  # no folder: the newest sweep
     assert refit.returncode == 0, refit.stderr
+    assert "refitting the newest sweep: multirun/sweep" in refit.stderr
     summary = json.loads((sweep / "refit.json").read_text())
     best = yaml.safe_load((sweep / "best.yaml").read_text())
     assert summary["trial_dir"] == best["run_dir"] and summary["trial_val_accuracy"] == best["value"]
@@ -166,6 +167,9 @@ def test_refit_of_a_sweep_without_a_completed_trial_is_one_line(tmp_path, mnist_
     for args in (["--seeds", "0"], [str(tmp_path / "nowhere")]):
         bad = refit_cli(*([str(sweep)] if args[0] == "--seeds" else []), *args, cwd=tmp_path)
         assert bad.returncode == 1 and "allowed:" in bad.stderr and "Traceback" not in bad.stderr
+    (tmp_path / "elsewhere").mkdir()
+    none = refit_cli(cwd=tmp_path / "elsewhere")
+    assert none.returncode == 1 and "no sweep under multirun/ here to refit; allowed:" in none.stderr
 
 
 @pytest.mark.slow  # the command line end to end

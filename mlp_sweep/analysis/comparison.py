@@ -37,6 +37,7 @@ class Comparison:
     metric: str
     grouped: bool
     studies: list[StudyRecord]
+    ranked_by: str = ""  # why the default metric ranks the runs, when it was not asked for
 
 
 def compare(paths: list[str], metric: str | None = None, filters: list[str] = (),
@@ -51,6 +52,7 @@ def compare(paths: list[str], metric: str | None = None, filters: list[str] = ()
         runs += [read_run(folder) for folder in study.run_dirs() if folder.resolve() not in known]
         study.apply_states(runs)
     runs = _filtered(runs, filters)
+    ranked_by = "" if metric else _why_ranked_by(runs, _default_metric(runs))
     metric = metric or _default_metric(runs)
     _check_metric(runs, metric)
 
@@ -79,7 +81,7 @@ def compare(paths: list[str], metric: str | None = None, filters: list[str] = ()
     rows = present + [row for row in rows if sort_value(row) is None]
     if top is not None:
         rows = rows[:top]
-    return Comparison(rows, constants, columns, metric, grouped, studies)
+    return Comparison(rows, constants, columns, metric, grouped, studies, ranked_by)
 
 
 def _same_in_every_run(key: str, runs: list[Run]) -> bool:
@@ -142,8 +144,29 @@ def _metric_keys(runs: list[Run]) -> set[str]:
 
 
 def _default_metric(runs: list[Run]) -> str:
+    """The runs' objective; but runs that hold a validation split are ranked on it, not on the
+    test set, whatever they return (a grid's runs return test accuracy by default)."""
     objectives = {r.metrics.get("objective") for r in runs if r.metrics}
-    return objectives.pop() if len(objectives) == 1 and None not in objectives else "test_accuracy"
+    metric = objectives.pop() if len(objectives) == 1 and None not in objectives \
+        else "test_accuracy"
+    if metric == "test_accuracy" and _have_validation(runs):
+        return "val_accuracy"
+    return metric
+
+
+def _have_validation(runs: list[Run]) -> bool:
+    measured = [r for r in runs if r.metrics]
+    return bool(measured) and all(is_number(r.metrics.get("val_accuracy")) for r in measured)
+
+
+def _why_ranked_by(runs: list[Run], metric: str) -> str:
+    if metric == "val_accuracy" and _have_validation(runs):
+        return ("Ranked by val_accuracy: the runs hold a validation split, and the test set never "
+                "chooses (--metric test_accuracy ranks by it)")
+    if metric == "test_accuracy":
+        return ("Ranked by test_accuracy: these runs hold no validation split "
+                "(dataset.val_size=0); with one they are ranked on it")
+    return ""
 
 
 def _check_metric(runs: list[Run], metric: str) -> None:

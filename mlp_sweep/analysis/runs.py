@@ -100,10 +100,15 @@ def _optuna_sweeper(hydra_cfg: dict, config: dict) -> dict | None:
     return sweeper
 
 
-def _default_paths() -> list[str]:
+def newest_sweep() -> Path | None:
+    """The sweep folder under `multirun/` (here) changed last; None when there is none."""
     sweeps = {p.parent.parent.parent for p in Path("multirun").glob("**/.hydra/config.yaml")}
-    if sweeps:
-        return [str(max(sweeps, key=lambda p: (p.stat().st_mtime, str(p))))]
+    return max(sweeps, key=lambda p: (p.stat().st_mtime, str(p))) if sweeps else None
+
+
+def _default_paths() -> list[str]:
+    if (sweep := newest_sweep()) is not None:
+        return [str(sweep)]
     if Path("outputs").is_dir():
         return ["outputs"]
     raise UserError("no runs found: no multirun/ or outputs/ folder here; "

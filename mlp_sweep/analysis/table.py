@@ -42,6 +42,8 @@ def format_table(comparison: Comparison) -> str:
                                subsequent_indent="  ", break_on_hyphens=False)
     for study in comparison.studies:
         lines.append(study.summary())
+    if comparison.ranked_by:
+        lines.append(comparison.ranked_by)
     records = table_records(comparison)
     if not records:
         return "\n".join(lines + ["(no runs)"])

@@ -10,6 +10,7 @@ from omegaconf import OmegaConf
 from optuna.distributions import BaseDistribution
 
 from mlp_sweep.errors import UserError
+from mlp_sweep.sweeping import trial_attrs
 from mlp_sweep.sweeping.optuna_compat import enqueued_params
 from mlp_sweep.sweeping.sweep_settings import describe, fits
 from mlp_sweep.sweeping.warm_start import own_trials
@@ -48,5 +49,6 @@ def enqueue(study: optuna.Study, trials: list[dict[str, Any]]) -> None:
     queued = [enqueued_params(t) or t.params for t in own_trials(study)]
     for params in trials:
         if params not in queued:
-            study.enqueue_trial(params)
+            # marked as the sweep's in the write that creates it, as every trial it asks is
+            study.enqueue_trial(params, user_attrs={trial_attrs.ASKED: True})
             queued.append(params)

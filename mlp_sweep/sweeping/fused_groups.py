@@ -21,6 +21,7 @@ from optuna.trial import TrialState
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.files import write_text
+from mlp_sweep.sweeping import trial_attrs
 
 
 def ask_groups(study: optuna.Study, ask: Callable[[], optuna.Trial | None], *, jobs: int,
@@ -41,7 +42,7 @@ def ask_groups(study: optuna.Study, ask: Callable[[], optuna.Trial | None], *, j
         # A queued trial (enqueue_trials, a heartbeat retry) is asked first, as a group's first.
         while len(group) < fuse and asked < missing and not alone(first) and not _queued(study):
             if shared:
-                study.enqueue_trial(shared)
+                study.enqueue_trial(shared, user_attrs={trial_attrs.ASKED: True})
             trial = ask()
             if trial is None:
                 break

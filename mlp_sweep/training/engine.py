@@ -338,8 +338,14 @@ def members_loss(loss_fns: list[LossFn]) -> Callable[[torch.Tensor, torch.Tensor
         return loss_fns[0]
     smoothing = [_plain_cross_entropy_smoothing(fn) for fn in loss_fns]
     if None not in smoothing:
-        return lambda logits, labels: stacked_cross_entropy(
-            logits, labels, torch.tensor(smoothing, device=logits.device))
+        rates: list[torch.Tensor] = []  # made once, on the logits' device
+
+        def stacked(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+            if not rates:
+                rates.append(torch.tensor(smoothing, device=logits.device))
+            return stacked_cross_entropy(logits, labels, rates[0])
+
+        return stacked
     return lambda logits, labels: torch.stack(
         [fn(member_logits, labels) for fn, member_logits in zip(loss_fns, logits)])
 
