@@ -24,6 +24,7 @@ from mlp_sweep.sweeping.trial_link import TrialLink
 from mlp_sweep.sweeping.trial_spec import TrialSpec
 from mlp_sweep.training.checkpoint import Checkpoints
 from mlp_sweep.training.engine import EpochMetrics, run_ends_after
+from mlp_sweep.training.devices import resolve_device
 from mlp_sweep.training.resume_check import check_resumable
 from mlp_sweep.training.run import Outcome, Run, train_runs
 
@@ -59,7 +60,8 @@ def trial_run(cfg: DictConfig, run_dir: Path | None, trial: TrialLink) -> Run:
     resume = earlier_attempt(trial) if cfg.trainer.get("checkpoint", True) else None
     if resume is not None:
         try:
-            check_resumable(resume[1], cfg, resume[0])
+            check_resumable(resume[1], cfg, resume[0],
+                            resolve_device(cfg.trainer.device).type)
         except UserError as why:  # a study resumed with another precision, say: start over
             log.warning(f"trial {trial.spec.number} starts over: {why}")
             resume = None

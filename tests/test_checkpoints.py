@@ -162,3 +162,17 @@ def test_a_resume_that_would_change_what_is_trained_is_refused_in_one_line(
     assert len(errors) == 1 and message.format(folder=folder) in errors[0], output
     assert "Traceback" not in output and not (tmp_path / "run" / "metrics.json").exists()
     assert (folder / "checkpoint.pt").is_file()  # nothing lost
+
+
+def test_a_checkpoint_of_an_earlier_version_or_another_device_is_refused_in_one_line():
+    from mlp_sweep.errors import UserError
+    from mlp_sweep.training.resume_check import check_resumable, resumable_config
+
+    cfg = compose_config("trainer.epochs=6")
+    written = {"epoch": 2, "config": resumable_config(cfg), "dropout_rng": None, "device": "cpu"}
+    check_resumable(written, cfg, "here", "cpu")  # the same run: nothing to say
+    earlier_version = {k: v for k, v in written.items() if k not in ("config", "dropout_rng")}
+    with pytest.raises(UserError, match="written by an earlier version.*allowed: a new run"):
+        check_resumable(earlier_version, cfg, "here", "cpu")
+    with pytest.raises(UserError, match="trained on cuda, and this run would go on on cpu"):
+        check_resumable({**written, "device": "cuda"}, cfg, "here", "cpu")

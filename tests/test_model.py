@@ -4,7 +4,7 @@ from hydra.utils import instantiate
 from torch import nn
 
 from mlp_sweep.training.config import ALLOWED_ACTIVATIONS, with_canonical_names
-from mlp_sweep.training.model import MLP, parameter_count
+from mlp_sweep.training.model import MLP, SeededDropout, parameter_count, use_dropout_stream
 
 from conftest import CONF_DIR, compose_config
 
@@ -33,7 +33,20 @@ def test_empty_hidden_sizes_is_a_linear_classifier():
 def test_dropout_follows_each_activation():
     model = MLP((1, 28, 28), [32, 16], 10, nn.Tanh, dropout=0.25)
     kinds = [type(m).__name__ for m in model]
-    assert kinds == ["Flatten", "Linear", "Tanh", "Dropout", "Linear", "Tanh", "Dropout", "Linear"]
+    assert kinds == ["Flatten", "Linear", "Tanh", "SeededDropout", "Linear", "Tanh",
+                     "SeededDropout", "Linear"]
+    assert all(m.p == 0.25 for m in model if isinstance(m, nn.Dropout))  # torch's, subclassed
+
+
+def test_dropout_draws_its_masks_from_the_stream_it_is_given():
+    model = MLP((1, 2, 2), [64], 2, dropout=0.5).train()
+    x = torch.ones(8, 1, 2, 2)
+    masks = []
+    for _ in range(2):
+        use_dropout_stream(model, torch.Generator().manual_seed(7))
+        torch.manual_seed(len(masks))  # the global stream moves: the masks must not
+        masks.append(nn.Sequential(*list(model)[:4])(x) == 0)
+    assert torch.equal(masks[0], masks[1]) and 0 < masks[0].float().mean() < 1
 
 
 def test_config_offers_the_course_activations_and_more():
@@ -60,8 +73,8 @@ def test_leaky_relu_slope_comes_from_the_config():
 def test_norm_follows_each_hidden_linear(norm, layer):
     model = MLP((1, 28, 28), [32, 16], 10, nn.ReLU, dropout=0.1, norm=norm)
     kinds = [type(m) for m in model]
-    assert kinds == [nn.Flatten, nn.Linear, layer, nn.ReLU, nn.Dropout,
-                     nn.Linear, layer, nn.ReLU, nn.Dropout, nn.Linear]
+    assert kinds == [nn.Flatten, nn.Linear, layer, nn.ReLU, SeededDropout,
+                     nn.Linear, layer, nn.ReLU, SeededDropout, nn.Linear]
     assert [m.normalized_shape[0] if norm == "layer" else m.num_features
             for m in model if isinstance(m, layer)] == [32, 16]
     assert model(torch.randn(4, 1, 28, 28)).shape == (4, 10)

@@ -214,3 +214,15 @@ def test_cifar10_search_runs_the_preset_with_flip_and_crop(tmp_path, monkeypatch
     for trial in trials:
         log = Path(trial.user_attrs["run_dir"], "train.log").read_text()
         assert "15 training samples" in log
+
+
+def test_the_presets_base_run_as_a_preset_is_one_line(tmp_path, mnist_root):
+    result = run_here("--multirun", "hparams_search=base/optuna_study", f"dataset.root={mnist_root}",
+                      f"hydra.sweeper.storage=sqlite:///{tmp_path}/optuna.db", *SMALL,
+                      "hydra.sweep.dir=multirun/base", cwd=tmp_path)
+    output = result.stdout + result.stderr
+    assert result.returncode == 1
+    errors = [line for line in output.splitlines() if "allowed" in line]
+    assert len(errors) == 1 and "hydra.sweeper.params is not set (???)" in errors[0], output
+    assert "Traceback" not in output
+    assert not (tmp_path / "optuna.db").exists() and not (tmp_path / "multirun" / "base").exists()

@@ -274,7 +274,7 @@ def _lease_held(folder: Path | None, name: str | None) -> bool | None:
             except (BlockingIOError, PermissionError):  # its worker holds it
                 return True
             return False
-    except FileNotFoundError:
+    except OSError:  # gone, or not ours to open: no proof either way
         return None
 
 

@@ -1,14 +1,14 @@
 """Files a job names for its trial's retry, so that an attempt that runs the trial again (its
 first was interrupted, or its worker went silent) goes on from them, on whatever host.
 
-The job names a file with `TrialLink.keep_for_retry(path)` (mlp_sweep.train: its newest
+The job names a file with `TrialLink.keep_for_retry(path)` (a training job: its newest
 checkpoint, after each epoch); with an artifact store (`hydra.sweeper.artifacts`) each call
 copies it there and records {name: artifact id} on the trial (trial_attrs.RETRY_FILES), in place
 of that name's earlier copy. A retry's job asks `TrialLink.earlier_attempts()`: for each attempt,
 its own folder where that is on this host, else the files it kept, fetched into a cache folder
 while the job reads them. The sweep removes a trial's kept files, and those of the attempts it
-ran again, when it records the trial's end; a job may drop its own sooner (mlp_sweep.train does
-when its run ends: `TrialLink.drop_kept_for_retry`). Without a store nothing is copied: a retry
+ran again, when it records the trial's end; a job may drop its own sooner, when its run ends
+(`TrialLink.drop_kept_for_retry`). Without a store nothing is copied: a retry
 on the same host reads the earlier attempt's folder.
 """
 

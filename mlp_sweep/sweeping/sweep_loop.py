@@ -249,7 +249,7 @@ class SweepLoop:
         except Exception as error:
             state = self._failed(trial, error)
         else:
-            if isinstance(value, optuna.TrialPruned):  # mlp_sweep.train returns it, not raises
+            if isinstance(value, optuna.TrialPruned):  # a job may return it, not raise it
                 state = self._pruned(trial, value)
             else:
                 try:

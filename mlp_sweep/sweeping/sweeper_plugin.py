@@ -85,14 +85,15 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # What the running trials do at the timeout: finish (Optuna's `study.optimize(timeout=...)`),
     # or prune: stop at their next report, recorded PRUNED by the budget, so that the search ends
     # within about one epoch of its timeout; or prune_early: as prune, and a trial that reports
-    # its time left (mlp_sweep.train does) stops as soon as it cannot finish by the timeout.
+    # its time left (TrialLink.report's seconds_to_finish) stops as soon as it cannot finish by
+    # the timeout.
     on_timeout: Any = "finish"
     # Dead workers on any host (RDB storages): a running trial records a heartbeat every
     # heartbeat_interval seconds; one silent for grace_period seconds (default 2 intervals) is
     # failed before the next trial is asked, and run again with its params up to max_retry times.
     # A trial whose sweep process on this host was killed is run again the same way on resume;
     # either retry gets what its earlier attempt left: its folder, or the files it named with
-    # TrialLink.keep_for_retry (mlp_sweep.train: its last epoch checkpoint).
+    # TrialLink.keep_for_retry (a training job: its last epoch's checkpoint).
     heartbeat_interval: Any = None
     grace_period: Any = None
     max_retry: Any = 3
@@ -103,8 +104,8 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # in the same storage, or {study_name: NAME, storage: URL}); imported, not counted in n_trials.
     warm_start: Any = None
     progress: ProgressConf = field(default_factory=ProgressConf)
-    # Trials per job: a job trains up to `fuse` trials together (mlp_sweep.train stacks them into
-    # one computation); each stays its own trial. 1 trains each trial alone.
+    # Trials per job: a job gets up to `fuse` trials to train together (one computation, if the
+    # app can stack them); each stays its own trial. 1 trains each trial alone.
     fuse: Any = 1
     # The searched keys a job's trials share (what the app cannot stack: the model's shape, the
     # batch size); the sampler chooses the rest per trial.

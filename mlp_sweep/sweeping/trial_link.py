@@ -1,8 +1,8 @@
 """The job's side of an Optuna trial: report the objective after every step, stop when pruned or
 when the sweep's budget ends.
 
-`report(value, step, last)` is the same for any Hydra app's task function (README: "The sweeper in
-your own Hydra app"); `mlp_sweep.train` calls it after every epoch. So are `keep_for_retry(path)`,
+`report(value, step, last)` is the same for any Hydra app's task function (docs/own-app.md);
+a training job calls it after every epoch. So are `keep_for_retry(path)`,
 a file the trial's retry gets back, and `earlier_attempts()`, what a retry gets
 (retry_files.py). The trial comes from the one description the sweeper wrote for the job
 (trial_spec.py); without one, as in a single run or a grid, they do nothing.

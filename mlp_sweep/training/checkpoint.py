@@ -74,7 +74,8 @@ def read_checkpoint(path: Path) -> dict[str, Any] | None:
     """The checkpoint in `path`; None, with a warning, when it cannot be read (a file cut short
     on a disk that lost it: the caller tries the one before)."""
     try:
-        return torch.load(path, weights_only=False)
+        # on the CPU: a checkpoint written on a GPU reads on any host (the run moves it)
+        return torch.load(path, weights_only=False, map_location="cpu")
     except Exception as error:
         log.warning(f"checkpoint {path} cannot be read ({type(error).__name__})")
         return None

@@ -128,7 +128,7 @@ def fit(
             if not _tell(member, member.history[:done]):
                 break
     active = [m for m in members if m.ended is None]
-    if len(active) < len(members):
+    if active and len(active) < len(members):
         computation.keep([i for i, m in enumerate(members) if m.ended is None])
     for epoch in range(len(members[0].history) + 1, epochs + 1):
         if not active:

@@ -29,16 +29,25 @@ def resumable_config(cfg: DictConfig) -> dict[str, Any]:
             if not _run_only(key)}
 
 
-def check_resumable(state: dict[str, Any], cfg: DictConfig, source: str) -> None:
+def check_resumable(state: dict[str, Any], cfg: DictConfig, source: str, device_type: str
+                    ) -> None:
     """UserError, one line, when the checkpoint `state` (from `source`) cannot go on as `cfg`'s
-    run: the first key that differs, with both values, or an epoch count it cannot grow to."""
+    run on a `device_type` device: the first key that differs, with both values, an epoch count
+    it cannot reach, another kind of device (its random streams are that device's), or a
+    checkpoint that records none of this."""
+    if "config" not in state or "dropout_rng" not in state:
+        raise UserError(f"trainer.resume={source} holds a checkpoint written by an earlier "
+                        "version, which records neither its config nor its dropout stream; "
+                        "allowed: a new run")
+    if state.get("device", device_type) != device_type:
+        raise UserError(f"trainer.resume={source} trained on {state['device']}, and this run "
+                        f"would go on on {device_type} (its random streams are the device's); "
+                        f"allowed: trainer.device on a {state['device']} device")
     done = state["epoch"]
     if cfg.trainer.epochs <= done:
         raise UserError(f"trainer.epochs={cfg.trainer.epochs} but trainer.resume={source} has "
                         f"already trained {done} epochs; allowed: trainer.epochs > {done}")
-    recorded = state.get("config")
-    if recorded is None:  # a checkpoint written before configs were recorded: the shapes only
-        return
+    recorded = state["config"]
     ours = resumable_config(cfg)
     for key in sorted(recorded.keys() | ours.keys()):
         theirs, here = recorded.get(key, "absent"), ours.get(key, "absent")
@@ -54,7 +63,7 @@ def check_resumable(state: dict[str, Any], cfg: DictConfig, source: str) -> None
             raise UserError(
                 f"{key}={_shown(here)} but trainer.resume={source} was trained with "
                 f"{key}={_shown(theirs)}; allowed: that value, or a new run (a resume changes "
-                f"only {', '.join(RUN_ONLY_KEYS[:-1])}, and trainer.epochs where no schedule "
+                f"only {', '.join(RUN_ONLY_KEYS)}, and trainer.epochs where no schedule "
                 "depends on it)")
 
 

@@ -31,8 +31,8 @@ from mlp_sweep.training.engine import EpochMetrics, Member, RandomStreams, best_
 from mlp_sweep.training.loggers import Trackers
 from mlp_sweep.training.model import parameter_count
 from mlp_sweep.training.precision import precision_name, training_dtype
-from mlp_sweep.training.resume_check import check_resumable, resumable_config
-from mlp_sweep.training.run_record import RunRecord
+from mlp_sweep.training.resume_check import RUN_ONLY_KEYS, check_resumable, resumable_config
+from mlp_sweep.training.run_record import STATUS_FILE, RunRecord
 from mlp_sweep.training.stacked import StackedMLP, shape_of, unstackable_reason
 
 log = logging.getLogger(__name__)
@@ -42,8 +42,9 @@ EpochCallback = Callable[[EpochMetrics], None]
 # A run's outcome: its objective, or what ended it (optuna.TrialPruned, an error).
 Outcome = float | BaseException
 # Keys of `trainer` that change how a run is carried out, not what it trains: stacks may differ
-# in them (they are each run's own) and a resume takes them from the new config.
-RUN_ONLY_TRAINER_KEYS = ("threads", "progress", "checkpoint", "resume")
+# in them (the resolved device is a key of its own).
+RUN_ONLY_TRAINER_KEYS = tuple(key.removeprefix("trainer.") for key in RUN_ONLY_KEYS
+                              if key.startswith("trainer."))
 
 
 @dataclass
@@ -139,7 +140,8 @@ def stack_key(prepared: _Prepared) -> tuple[tuple, str | None]:
                if k not in RUN_ONLY_TRAINER_KEYS}
     return ((("dataset", OmegaConf.to_yaml(cfg.dataset)), ("trainer", repr(sorted(trainer.items()))),
              ("augment", OmegaConf.to_yaml(cfg.augment)), ("device", str(prepared.device)),
-             ("layers", shape_of(model)), ("resumed after epoch", prepared.replayed)), None)
+             ("layers", shape_of(model)), ("resumed after epoch", prepared.replayed),
+             ("resumed in", prepared.resume[1]["dtype"] if prepared.resume else None)), None)
 
 
 def _say_why_apart(keys: list[tuple]) -> None:
@@ -165,7 +167,7 @@ def _prepare(run: Run, data: dict[str, Splits]) -> _Prepared:
     if resume is None and cfg.trainer.get("resume"):  # before the data is read
         resume = (cfg.trainer.resume, checkpoint_of(cfg.trainer.resume))
     if resume is not None:
-        check_resumable(resume[1], cfg, resume[0])
+        check_resumable(resume[1], cfg, resume[0], device.type)
     key = OmegaConf.to_yaml(cfg.dataset) + str(device)
     if key not in data:
         data[key] = on_device(load_splits(cfg.dataset), device)
@@ -175,7 +177,8 @@ def _prepare(run: Run, data: dict[str, Splits]) -> _Prepared:
         check_same_model(resume[1], training.model, resume[0])
         log.info(f"resumed: going on from {resume[0]} after its epoch {resume[1]['epoch']}")
     prepared = _Prepared(run, record, trackers, training, splits, device, resume)
-    about = {"config": resumable_config(cfg), "ended_at": prepared.ended_at}
+    about = {"config": resumable_config(cfg), "ended_at": prepared.ended_at,
+             "device": device.type}
     checkpoints = Checkpoints(run.run_dir, run.checkpoint_copy, about) \
         if record and cfg.trainer.get("checkpoint", True) else None
     prepared.member = Member(
@@ -213,13 +216,14 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
             progress=show_bars(cfg.trainer.get("progress", "auto")),
             augment=first.training.augment, patience=cfg.trainer.get("early_stopping") or 0,
             dtype=dtype)
-    except BaseException as error:  # the loop itself failed or was interrupted: every run did
-        outcomes = {p.run.name: _ended(p.run, p.record, p.trackers if p in started else None,
-                                       p.member.ended or error, p.member.checkpoints)
-                    for p in stack if not p.member.finished}
+    except BaseException as error:  # the loop failed or was interrupted: every unfinished run
+        outcomes = {p.run.name: _completed(p) for p in stack if p.member.finished}
+        outcomes |= {p.run.name: _ended(p.run, p.record, p.trackers if p in started else None,
+                                        p.member.ended or error, p.member.checkpoints)
+                     for p in stack if not p.member.finished}
         if not isinstance(error, Exception):
             raise
-        return {**outcomes, **{p.run.name: _completed(p) for p in stack if p.member.finished}}
+        return outcomes
     return {p.run.name: _completed(p) if p.member.finished else
             _ended(p.run, p.record, p.trackers, p.member.ended, p.member.checkpoints)
             for p in stack}
@@ -311,9 +315,10 @@ def _ended(run: Run, record: RunRecord | None, trackers: Trackers | None,
         checkpoints.remove()
     # A UserError gets its one line from the command; a pruned run is no failure.
     if not isinstance(error, (optuna.TrialPruned, UserError)):
-        log.error(f"Run {run.name} failed: {type(error).__name__}: {error} "
-                  "(traceback in status.json)" if isinstance(error, Exception) else
-                  f"Run {run.name} interrupted ({type(error).__name__})")
+        where = Path(run.run_dir, STATUS_FILE) if run.run_dir is not None else STATUS_FILE
+        log.error(f"Run failed: {type(error).__name__}: {error} (traceback in {where})"
+                  if isinstance(error, Exception) else
+                  f"Run interrupted ({type(error).__name__}): {where} says so")
     return error
 
 
