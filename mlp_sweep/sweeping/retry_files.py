@@ -39,7 +39,12 @@ class KeptFiles:
 
     def keep(self, path: Path, name: str) -> None:
         artifact_id = f"retry-{uuid.uuid4().hex}"
+        replaced = self.ids.get(name)
         try:
+            # Named on the trial before it is written, and the copy it replaces until that is
+            # removed: a kill at any point leaves no copy the sweep cannot find to remove.
+            self.trial.set_user_attr(trial_attrs.RETRY_FILES_PENDING,
+                                     [artifact_id, *([replaced] if replaced else [])])
             with Path(path).open("rb") as file:
                 self.store.write(artifact_id, file)
             self.trial.set_user_attr(trial_attrs.RETRY_FILES, {**self.ids, name: artifact_id})
@@ -49,10 +54,11 @@ class KeptFiles:
             with contextlib.suppress(Exception):
                 self.store.remove(artifact_id)
             return
-        replaced = self.ids.get(name)
         self.ids[name] = artifact_id
         if replaced:  # recorded: the new copy is whole
             remove(self.store, [replaced])
+        with contextlib.suppress(Exception):
+            self.trial.set_user_attr(trial_attrs.RETRY_FILES_PENDING, [])
 
     def drop(self) -> None:
         """Remove every copy kept so far: the run ended, no retry will want them."""
@@ -116,7 +122,8 @@ def drop(store: Any, trials: Iterable[Any]) -> None:
     """Remove the files `trials` kept for a retry: the trial that ended and the attempts it ran
     again have no use for them."""
     remove(store, [artifact_id for trial in trials
-                   for artifact_id in trial_attrs.retry_files(trial).values()])
+                   for artifact_id in [*trial_attrs.retry_files(trial).values(),
+                                       *trial.user_attrs.get(trial_attrs.RETRY_FILES_PENDING, [])]])
 
 
 def remove(store: Any, ids: list[str]) -> None:

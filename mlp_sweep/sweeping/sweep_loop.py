@@ -71,6 +71,12 @@ class SweepLoop:
         for name in fixed_params:
             space.pop(name, None)
         settings = self.settings
+        if not space and settings.custom_search_space is None:
+            # e.g. a config meant to be extended (a search preset's base) run as it is
+            raise UserError("the search space is empty: hydra.sweeper.params names no parameter "
+                            "and the command line sweeps none; allowed: a config that gives "
+                            "hydra.sweeper.params (a search preset), or a parameter to search, "
+                            "e.g. 'x=interval(0,1)'")
         check_fuse_by(settings.fuse_by, space, fixed_params)
         first_trials = checked_trials(settings.enqueue_trials, space, fixed_params)
         imported = trials_to_import(settings.warm_start, settings.storage, space,

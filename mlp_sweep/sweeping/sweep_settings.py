@@ -63,11 +63,6 @@ class SweepSettings:
     @classmethod
     def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
         """The settings `raw` (hydra.sweeper's keys) gives; UserError for the first bad one."""
-        if OmegaConf.is_config(raw) and OmegaConf.is_missing(raw, "params"):
-            # a config meant to be extended (a preset's base) was run as it is
-            raise UserError("hydra.sweeper.params is not set (???): a search needs a space; "
-                            "allowed: a config that gives hydra.sweeper.params (a search "
-                            "preset), or hydra.sweeper.params.KEY=... on the command line")
         heartbeat = check_settings(raw)
         extend = raw.get("custom_search_space")
         pruner = raw.get("pruner")

@@ -23,6 +23,7 @@ IMPORTED = "imported_from"     # "study#number" a warm start copied it from
 TRAINED_WITH = "trained_with"  # hydra.sweeper.fuse: the numbers of the trials of its job
 RESUMED_AFTER = "resumed_after"  # the epoch (step) its job went on from, an earlier attempt's
 ARTIFACTS = "artifacts"        # {"store": URL, "files": {relative path: artifact id}} (artifacts.py)
+RETRY_FILES_PENDING = "retry_files_pending"  # copies being written or replaced: removed too
 RETRY_FILES = "retry_files"    # the files its job kept in the store for its retry:
                                # {name: artifact id} (retry_files.py); the files go at its end
 
