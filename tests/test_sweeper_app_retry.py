@@ -93,7 +93,10 @@ def test_a_killed_trials_retry_gets_the_step_counter_its_first_attempt_kept(tmp_
     done = int((first_dir / "steps_done.txt").read_text())
     if with_store:  # its folder is on another host: the retry's counter comes from the store
         kept = killed.user_attrs["retry_files"]["steps_done.txt"]
-        assert int((store / kept).read_text()) == done
+        stored = int((store / kept).read_text())
+        # the kill may land between the counter's write and its copy: a step behind at most
+        assert stored in (done, done - 1)
+        done = stored
         shutil.rmtree(first_dir)
 
     resumed = run_here(*sphere_args(tmp_path, "second", *common),
