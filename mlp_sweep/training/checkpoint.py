@@ -89,14 +89,3 @@ def checkpoint_of(run_dir: str | Path) -> dict[str, Any]:
                         "the folder of a run that stopped before its end (a finished run "
                         "keeps model.pt only)")
     return state
-
-
-def check_same_model(state: dict[str, Any], model: torch.nn.Module, source: str) -> None:
-    """UserError when the checkpoint's weights do not fit `model` (another config's model)."""
-    shapes = {k: tuple(v.shape) for k, v in state["model"].items()}
-    ours = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    if shapes != ours:
-        differ = sorted(k for k in shapes.keys() | ours.keys() if shapes.get(k) != ours.get(k))
-        raise UserError(f"trainer.resume={source} is a checkpoint of another model ({differ[0]}: "
-                        f"{shapes.get(differ[0])} there, {ours.get(differ[0])} here); allowed: "
-                        "a run of the same model config")

@@ -22,8 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mlp_sweep.errors import UserError
 from mlp_sweep.training.build import Training, build_training
-from mlp_sweep.training.checkpoint import (CheckpointCopy, Checkpoints, check_same_model,
-                                           checkpoint_of)
+from mlp_sweep.training.checkpoint import CheckpointCopy, Checkpoints, checkpoint_of
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits, load_splits
 from mlp_sweep.training.devices import cpu_threads, resolve_device
@@ -174,7 +173,6 @@ def _prepare(run: Run, data: dict[str, Splits]) -> _Prepared:
     splits = data[key]
     training = build_training(cfg, len(splits.train), device)
     if resume is not None:
-        check_same_model(resume[1], training.model, resume[0])
         log.info(f"resumed: going on from {resume[0]} after its epoch {resume[1]['epoch']}")
     prepared = _Prepared(run, record, trackers, training, splits, device, resume)
     about = {"config": resumable_config(cfg), "ended_at": prepared.ended_at,
