@@ -6,8 +6,10 @@ marked slow, and every test that uses real MNIST is (it is fetched from the pack
 the fast tier runs without a network on `small_root`'s files.
 
 Both run in two pytest processes (pytest-xdist's `-n 2`), one per core: each test process, and
-every command a test starts, trains with one torch thread, so that two tests side by side do not
-fight over the cores with four threads.
+every command a test starts, trains with one torch thread on its process's core, so that two
+tests side by side do not fight over the cores with four threads. A search's default
+(`hydra.sweeper.workers=auto`) is then one process, as on a one-core machine; the tests of the
+whole machine's workers give their commands every core (tests/test_machine_workers.py).
 """
 
 import contextlib
@@ -18,6 +20,9 @@ import logging
 import os
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")  # before torch is imported, here and in commands
+if os.environ.get("PYTEST_XDIST_WORKER") and hasattr(os, "sched_setaffinity"):  # gw0, gw1, ...
+    _cores = sorted(os.sched_getaffinity(0))
+    os.sched_setaffinity(0, {_cores[int(os.environ["PYTEST_XDIST_WORKER"][2:]) % len(_cores)]})
 
 import runpy  # noqa: E402
 import shutil  # noqa: E402

@@ -40,13 +40,14 @@ class SweepProgress:
     `settings` is `hydra.sweeper.progress` (sweeper_plugin.ProgressConf)."""
 
     def __init__(self, settings: Any, *, sweep_dir: Path, n_trials: int,
-                 timeout: float | None, started: float) -> None:
+                 timeout: float | None, started: float, bar: bool = True) -> None:
         self.settings, self.sweep_dir = settings, sweep_dir
         self.n_trials, self.timeout, self.started = n_trials, timeout, started
         self.best_text, self.finished = "", 0
         self.bar = tqdm(total=int(timeout) if timeout else n_trials, file=sys.stderr,
                         bar_format="search {percentage:3.0f}%|{bar}| {postfix}",
-                        disable=None if settings.bar else True,  # None: off unless a terminal
+                        # None: off unless a terminal
+                        disable=None if settings.bar and bar else True,
                         dynamic_ncols=True, leave=False)
         self._stop = threading.Event()
         self._ticker = None

@@ -73,18 +73,21 @@ def _rdb_storage(spec: str, heartbeat: Heartbeat | None) -> optuna.storages.RDBS
     try again, and then find the schema made."""
     import sqlalchemy.exc
 
+    # A SQLite file that a sweep's workers share: a write waits for another's lock (briefly
+    # held: a trial's report) up to a minute, rather than the driver's 5 seconds
+    engine = {"connect_args": {"timeout": 60}} if spec.startswith("sqlite") else None
     settings = {} if heartbeat is None else dict(
         heartbeat_interval=heartbeat.interval, grace_period=heartbeat.grace_period,
         heartbeat_stale_trial_callback=optuna.storages.RetryHeartbeatStaleTrialCallback(
             heartbeat.max_retry))
     for attempt in range(1, SCHEMA_ATTEMPTS):
         try:
-            return optuna.storages.RDBStorage(spec, **settings)
+            return optuna.storages.RDBStorage(spec, engine, **settings)
         except sqlalchemy.exc.DBAPIError as error:
             if not _lost_schema_race(error):
                 raise
             time.sleep(random.uniform(0.05, 0.5) * attempt)
-    return optuna.storages.RDBStorage(spec, **settings)  # the last attempt raises what it meets
+    return optuna.storages.RDBStorage(spec, engine, **settings)  # the last attempt raises what it meets
 
 
 def _lost_schema_race(error: Exception) -> bool:

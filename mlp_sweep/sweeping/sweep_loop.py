@@ -17,6 +17,7 @@ FAIL trial too, as in the stock sweeper, and does not stop the sweep.
 import contextlib
 import logging
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,8 @@ from mlp_sweep.sweeping.artifacts import checked_store, upload_run
 from mlp_sweep.sweeping.enqueued import checked_trials, enqueue
 from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_result,
                                               write_job_files)
+from mlp_sweep.sweeping.machine_workers import (Workers, choose_workers, environments, is_worker,
+                                                sweep_started, worker_commands)
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, storage_of, trial_id
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
@@ -42,8 +45,9 @@ from mlp_sweep.sweeping.study_settings import check_same_settings, study_setting
 from mlp_sweep.sweeping.sweep_settings import (SweepSettings, build_sampler, grid_of,
                                                grid_size, parse_space)
 from mlp_sweep.sweeping.trial_link import BudgetReached, shared_with_jobs
-from mlp_sweep.sweeping.trial_spec import TRIAL_VARIABLE, TrialSpec
+from mlp_sweep.sweeping.trial_spec import TRIAL_VARIABLE, TrialSpec, hydra_quoted
 from mlp_sweep.sweeping.warm_start import import_trials, trials_to_import
+from mlp_sweep.sweeping.worker_pool import run_workers
 
 log = logging.getLogger(__name__)
 
@@ -65,7 +69,7 @@ class SweepLoop:
         self.store = None  # the artifact store, once checked (hydra.sweeper.artifacts)
 
     def run(self, arguments: list[str]) -> None:
-        started = time.monotonic()
+        started = sweep_started()  # a worker's budget counts from its sweep command's start
         space, fixed_params, fixed_overrides = parse_space(
             [f"{key}={value}" for key, value in self.settings.params.items()] + list(arguments))
         for name in fixed_params:
@@ -91,6 +95,8 @@ class SweepLoop:
 
         if settings.artifacts:
             self.store = checked_store(settings.artifacts)
+        if is_worker():  # not again "Using an existing study" per worker
+            optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
         check_same_settings(study, study_settings(self.config, space, settings.execution_keys),
@@ -99,10 +105,18 @@ class SweepLoop:
         import_trials(study, imported)
         enqueue(study, first_trials)
         self._reseed_on_resume(study, grid)
-        log.info(f"Study {study.study_name} in {settings.storage or 'memory'}: "
-                 f"{len(resume.counted(study))} of {self.n_trials} trials recorded or running; "
-                 f"pruner {type(settings.pruner).__name__}")
+        # a sweep command's worker: that command has said it
+        log.log(logging.DEBUG if is_worker() else logging.INFO,
+                f"Study {study.study_name} in {settings.storage or 'memory'}: "
+                f"{len(resume.counted(study))} of {self.n_trials} trials recorded or running; "
+                f"pruner {type(settings.pruner).__name__}")
         sweep_dir = Path(str(self.config.hydra.sweep.dir)).absolute()
+        workers = choose_workers(settings, str(self.config.hydra.launcher._target_))
+        if not is_worker():
+            log.info(f"Workers: {workers.why}")
+        if workers.count > 1:
+            self._run_workers(study, workers, arguments, sweep_dir, started)
+            return
         # The wall-clock moment the budget ends, for the jobs: with on_timeout=prune they stop
         # at their first epoch report after it.
         self.deadline = (time.time() + settings.timeout - (time.monotonic() - started)
@@ -116,7 +130,22 @@ class SweepLoop:
                 self._loop(study, space, sweep_dir, fixed_params, fixed_overrides, started)
         finally:
             self.progress.close()
-        self.progress.ended(study, write_results(study, sweep_dir))
+        if not is_worker():  # a sweep command's worker leaves the ending to that command
+            self.progress.ended(study, write_results(study, sweep_dir))
+
+    def _run_workers(self, study: optuna.Study, workers: Workers, arguments: list[str],
+                     sweep_dir: Path, started: float) -> None:
+        """Run the search in `workers` processes on the study set up here, then end it here."""
+        commands = worker_commands(self.settings, workers, config=self.config,
+                                   arguments=list(arguments), sweep_dir=sweep_dir)
+        code = run_workers(commands, environments(workers, started))
+        progress = SweepProgress(self.settings.progress, sweep_dir=sweep_dir, bar=False,
+                                 n_trials=self.n_trials, timeout=self.settings.timeout,
+                                 started=started)
+        progress.ended(study, write_results(study, sweep_dir))
+        if code != 0:
+            log.error(f"a worker exited with code {code}: its lines above say why")
+            sys.exit(code if 0 < code < 256 else 1)
 
     def _loop(self, study: optuna.Study, space: dict[str, BaseDistribution], sweep_dir: Path,
               fixed_params: dict, fixed_overrides: list[str], started: float) -> None:
@@ -318,12 +347,6 @@ class SweepLoop:
             job.return_value  # re-raises the job's own exception, with its traceback
         raise RuntimeError(f"{len(failures)} failed trials exceed max_failure_rate="
                            f"{rate} of n_trials={self.n_trials}")
-
-
-def hydra_quoted(path: Path) -> str:
-    """`path` as a quoted Hydra override value: a folder's name may hold characters the override
-    grammar reads (`=`, `,`, spaces, brackets)."""
-    return "'" + str(path).replace("'", "\\'") + "'"
 
 
 def objective_values(value: object, directions: int) -> list[float]:

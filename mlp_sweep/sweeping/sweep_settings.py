@@ -59,6 +59,9 @@ class SweepSettings:
     artifacts: str | None = None  # the artifact store's canonical URL (artifacts.py)
     artifacts_include: tuple[str, ...] = ("**",)  # globs over a run folder: what is uploaded
     execution_keys: tuple[str, ...] = ()  # keys a resumed study may change (study_settings.py)
+    workers: int | str = 1        # sweep processes this command runs: a count, or auto (machine_workers.py)
+    worker_command: tuple[str, ...] | None = None  # what each of them runs (the app, --multirun)
+    threads_key: str | None = None  # the app's key for a worker's CPU threads
 
     @classmethod
     def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
@@ -83,7 +86,10 @@ class SweepSettings:
             fuse=raw.get("fuse", 1), fuse_by=tuple(raw.get("fuse_by") or ()),
             artifacts=canonical_url(raw["artifacts"]) if raw.get("artifacts") else None,
             artifacts_include=tuple(raw.get("artifacts_include") or ()),
-            execution_keys=tuple(raw.get("execution_keys") or ()))
+            execution_keys=tuple(raw.get("execution_keys") or ()),
+            workers=raw.get("workers", 1),
+            worker_command=tuple(raw["worker_command"]) if raw.get("worker_command") else None,
+            threads_key=raw.get("threads_key"))
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
@@ -132,7 +138,12 @@ def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:
 
 
 def check_worker_keys(settings: Mapping[str, Any]) -> None:
-    """UserError for a bad `worker_command` or `threads_key` (read by mlp_sweep.workers)."""
+    """UserError for a bad `workers`, `worker_command` or `threads_key`."""
+    workers = settings.get("workers", 1)
+    if workers != "auto" and not (isinstance(workers, int) and not isinstance(workers, bool)
+                                  and workers >= 1):
+        raise UserError(f"hydra.sweeper.workers={workers!r} is not allowed; allowed: auto (one "
+                        "worker per core, or per GPU) or an integer >= 1 (1: one process)")
     if settings.get("worker_command") is not None:
         _check_words("worker_command", settings["worker_command"],
                      "a list of words, e.g. [python, my_app.py], or null", nonempty=True)

@@ -122,8 +122,13 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
     # loggers; a key names its sub-keys too): a study resumes with them changed. Every other key
     # not searched is a setting the study records, and a resume with another value stops.
     execution_keys: Any = field(default_factory=list)
-    # What `python -m mlp_sweep.workers` starts as each worker: a list of words, `python` for
-    # this interpreter, e.g. [python, my_app.py] or [python, -m, my_package.app]
+    # Sweep processes this command runs on one study, each asking for its next trial as soon as
+    # its last one ends: 1, the command itself; N, N workers it starts; auto, one per GPU where
+    # there are GPUs, else one per core it may use, each with its share of the cores (one core:
+    # one process). The workers need worker_command and a storage they share.
+    workers: Any = 1
+    # What each worker runs (here and in `python -m mlp_sweep.workers`): a list of words,
+    # `python` for this interpreter, e.g. [python, my_app.py] or [python, -m, my_package.app]
     worker_command: Any = None
     # The app's key for a worker's CPU threads, set to the cores / workers; null: none set
     threads_key: Any = None

@@ -69,3 +69,9 @@ class TrialSpec:
         grid, a task called from Python)."""
         path = os.environ.get(TRIAL_VARIABLE)
         return cls.read(path) if path else None
+
+
+def hydra_quoted(path: Path) -> str:
+    """`path` as a quoted Hydra override value: a folder's name may hold characters the override
+    grammar reads (`=`, `,`, spaces, brackets)."""
+    return "'" + str(path).replace("'", "\\'") + "'"

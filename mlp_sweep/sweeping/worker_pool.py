@@ -17,6 +17,9 @@ from mlp_sweep.sweeping.storage import create_study
 from mlp_sweep.sweeping.sweep_settings import check_worker_keys, directions_of
 
 DEFAULT_STORAGE = "journal:multirun/optuna.journal"  # Optuna's advice for processes on one host
+# In the environment of each worker a sweep command starts (hydra.sweeper.workers): it starts
+# none of its own, and leaves the search's closing lines to that command
+SWEEP_WORKER_VARIABLE = "MLP_SWEEP_SWEEP_WORKER"
 
 
 def worker_commands(workers: int, overrides: list[str], config_dir: Path | None = None, *,
@@ -41,13 +44,22 @@ def worker_commands(workers: int, overrides: list[str], config_dir: Path | None 
         extra.append(f"hydra.sweeper.storage={storage}")
     create_study(sweeper.study_name, storage, None, None, directions_of(sweeper.direction))
     seed = sweeper.sampler.get("seed") or 0
-    threads = max(1, (os.cpu_count() or 1) // workers)
+    threads = max(1, usable_cores() // workers)
     return [
         [*command, "--multirun", *overrides, *extra, "hydra.sweeper.n_jobs=1",
-         f"hydra.sweeper.sampler.seed={seed + k}",
+         "hydra.sweeper.workers=1", f"hydra.sweeper.sampler.seed={seed + k}",
          *([f"{threads_key}={threads}"] if threads_key else [])]
         for k in range(workers)
     ]
+
+
+def usable_cores() -> int:
+    """The cores this process may run on: its CPU affinity (taskset, a container's cpuset), not
+    every core of the machine."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # no affinity on macOS or Windows
+        return os.cpu_count() or 1
 
 
 def command_of(words: Any) -> list[str]:
@@ -98,7 +110,8 @@ def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | 
     output comes here line by line, each line named by its worker, so that lines never tangle."""
     environments = environments or [None] * len(commands)
     processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True, errors="replace")
+                                  stderr=subprocess.STDOUT, text=True, errors="replace",
+                                  preexec_fn=_ended_with_this_process)
                  for command, environment in zip(commands, environments)]
     lock = threading.Lock()
     relays = [threading.Thread(target=_relay, args=(p.stdout, f"[worker {k}] ", lock), daemon=True)
@@ -122,6 +135,17 @@ def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | 
     return max(codes, key=abs)
 
 
+def _ended_with_this_process() -> None:
+    """In a worker, before it runs: on Linux, the kernel sends it SIGTERM when this process dies,
+    however it dies (kill -9 included), so that no worker goes on searching unwatched. Its trial
+    is then run again by the next sweep on the study, as any interrupted trial is."""
+    if sys.platform == "linux":
+        import ctypes
+
+        PR_SET_PDEATHSIG = 1
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
 def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
     """Copy a worker's output to this process's, whole lines at a time, each with `prefix`;
     a progress bar's carriage returns end a line too."""
@@ -131,3 +155,20 @@ def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
                 with lock:
                     sys.stdout.write(prefix + part + "\n")
                     sys.stdout.flush()
+
+
+# What a GPU driver puts on Linux (NVIDIA's, its WSL bridge, AMD's ROCm). Without any of them
+# there is no GPU to count, and this launcher need not load torch (3 s of CPU) to learn it.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indexes or UUIDs)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    if sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DRIVER_FILES):
+        return []
+    import torch  # only here: the sweep workers import it themselves
+
+    return [str(i) for i in range(torch.cuda.device_count())]
