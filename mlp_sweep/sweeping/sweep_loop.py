@@ -38,6 +38,7 @@ from mlp_sweep.sweeping.fused_groups import (ask_groups, check_fuse_by, member_r
 from mlp_sweep.sweeping.machine_workers import (Workers, choose_workers, environments, is_worker,
                                                 sweep_started, worker_commands)
 from mlp_sweep.sweeping.optuna_compat import heartbeat_thread, storage_of, trial_id
+from mlp_sweep.sweeping.prior import Prior, PriorSampler, checked_prior
 from mlp_sweep.sweeping.progress import SweepProgress
 from mlp_sweep.sweeping.results import write_results
 from mlp_sweep.sweeping.storage import absolute_storage, create_study
@@ -67,6 +68,7 @@ class SweepLoop:
         # for a first attempt), read once when it is asked
         self.earlier_attempts: dict[int, list[FrozenTrial]] = {}
         self.store = None  # the artifact store, once checked (hydra.sweeper.artifacts)
+        self.prior: Prior | None = None  # hydra.sweeper.prior, once checked against the space
 
     def run(self, arguments: list[str]) -> None:
         started = sweep_started()  # a worker's budget counts from its sweep command's start
@@ -88,10 +90,16 @@ class SweepLoop:
                                     conditional=settings.custom_search_space is not None)
         sampler = build_sampler(settings.sampler)
         grid = grid_of(sampler, space)
+        self.prior = checked_prior(settings.prior, space, fixed_params)
         if grid is not None:
+            if self.prior is not None:
+                raise UserError("hydra.sweeper.prior shapes what a sampler proposes, and a grid "
+                                "proposes every point; allowed: no prior with the grid sampler "
+                                "(hydra/sweeper/prior=none)")
             sampler = sampler(grid)
             self.n_trials = min(self.n_trials, grid_size(grid))
             log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
+        sampler = self._with_prior(sampler, settings.sampler.get("seed"))
 
         if settings.artifacts:
             self.store = checked_store(settings.artifacts)
@@ -187,7 +195,17 @@ class SweepLoop:
             return
         mixed = int(numpy.random.SeedSequence([seed, len(study.trials)]).generate_state(1)[0])
         sampler = build_sampler(self.settings.sampler, seed=mixed)
-        study.sampler = sampler(grid) if grid is not None else sampler
+        study.sampler = sampler(grid) if grid is not None else self._with_prior(sampler, mixed)
+
+    def _with_prior(self, sampler: optuna.samplers.BaseSampler,
+                    seed: int | None) -> optuna.samplers.BaseSampler:
+        """`sampler`, drawing a share of the trials from the prior where the sweep has one."""
+        if self.prior is None:
+            return sampler
+        if not is_worker():  # said once, by the sweep command
+            log.info(f"Prior on {', '.join(self.prior.params)}: {self.prior.share:.0%} of the "
+                     f"first trials drawn from it, half that after {self.prior.halved_after:g}")
+        return PriorSampler(sampler, self.prior, seed=seed)
 
     def _ask(self, study: optuna.Study, sweep_dir: Path,
              space: dict[str, BaseDistribution]) -> optuna.Trial | None:

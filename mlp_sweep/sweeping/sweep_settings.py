@@ -59,9 +59,10 @@ class SweepSettings:
     artifacts: str | None = None  # the artifact store's canonical URL (artifacts.py)
     artifacts_include: tuple[str, ...] = ("**",)  # globs over a run folder: what is uploaded
     execution_keys: tuple[str, ...] = ()  # keys a resumed study may change (study_settings.py)
-    workers: int | str = 1        # sweep processes this command runs: a count, or auto (machine_workers.py)
+    workers: int | str = 1        # sweep processes: a count, or auto (machine_workers.py)
     worker_command: tuple[str, ...] | None = None  # what each of them runs (the app, --multirun)
     threads_key: str | None = None  # the app's key for a worker's CPU threads
+    prior: Any = None             # checked against the search space (prior.py)
 
     @classmethod
     def checked(cls, raw: Mapping[str, Any]) -> "SweepSettings":
@@ -89,7 +90,7 @@ class SweepSettings:
             execution_keys=tuple(raw.get("execution_keys") or ()),
             workers=raw.get("workers", 1),
             worker_command=tuple(raw["worker_command"]) if raw.get("worker_command") else None,
-            threads_key=raw.get("threads_key"))
+            threads_key=raw.get("threads_key"), prior=raw.get("prior"))
 
 
 def check_settings(settings: Mapping[str, Any]) -> Heartbeat | None:

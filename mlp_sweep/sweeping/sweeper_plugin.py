@@ -78,8 +78,12 @@ class ProgressConf:
 @dataclass
 class MlpOptunaSweeperConf(OptunaSweeperConf):
     _target_: str = "mlp_sweep.sweeping.sweeper_plugin.MlpOptunaSweeper"
-    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"}])
+    defaults: list[Any] = field(default_factory=lambda: [{"sampler": "tpe"}, {"pruner": "none"},
+                                                         {"prior": "none"}])
     pruner: Any = MISSING  # from the hydra/sweeper/pruner group below
+    # Where the good values are expected: a share of the early trials drawn from it, fading as
+    # the study learns (sweeping/prior.py); the hydra/sweeper/prior group, none by default.
+    prior: Any = MISSING
     # Seconds after which no new trial starts, counted from this command's start; null = no limit.
     timeout: Any = None
     # What the running trials do at the timeout: finish (Optuna's `study.optimize(timeout=...)`),
@@ -135,6 +139,15 @@ class MlpOptunaSweeperConf(OptunaSweeperConf):
 
 
 @dataclass
+class PriorConf:
+    """`hydra.sweeper.prior`: none unless a config of the group sets its keys (prior.py)."""
+
+    share: Any = 0.0        # the chance that a trial is drawn from the prior at the start
+    halved_after: Any = 10  # finished trials after which that chance is halved
+    params: Any = None      # per key: {centre, spread}, or a choice's weights
+
+
+@dataclass
 class NopPrunerConf:
     """Every trial runs all its steps."""
 
@@ -178,3 +191,4 @@ for name, node in (("none", NopPrunerConf), ("median", MedianPrunerConf),
                    ("successive_halving", SuccessiveHalvingPrunerConf),
                    ("hyperband", HyperbandPrunerConf)):
     store.store(group="hydra/sweeper/pruner", name=name, node=node, provider="mlp_sweep")
+store.store(group="hydra/sweeper/prior", name="none", node=PriorConf, provider="mlp_sweep")
