@@ -3,7 +3,8 @@
 # make test    - set up .venv if missing, add what the tests need, run every test
 # make test-fast - the tests not marked slow: no network, small data (the loop after an edit)
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
-# make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1],
+# make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1]
+#              [WHOLE=1 REGIME=full|small RESUME=1 MINUTES=60],
 #              make bench-warm-start, make bench-precision, make bench-fused, make bench-checkpoints -
 #              the benchmarks in benchmarks/ (bench-peers and the tests
 #              also install the bench extra)
@@ -69,4 +70,8 @@ bench-warm-start: $(INSTALLED) ## a 5-minute search cold and warm-started from a
 	$(PY) benchmarks/warm_start.py
 
 bench-peers: $(TEST_INSTALLED) ## the default search against Ray Tune, SMAC3, the stock sweeper, random (about 2 hours; QUICK=1: about 20)
-	$(PY) benchmarks/peers.py $(if $(QUICK),--quick)
+	$(PY) benchmarks/peers.py $(if $(QUICK),--quick) $(if $(WHOLE),--whole-machine --regime $(or $(REGIME),full)) \
+	    $(if $(RESUME),--resume) $(if $(MINUTES),--max-minutes $(MINUTES))
+# WHOLE=1 [REGIME=full|small]: each method on every core, one search at a time (full: 30 searches,
+# about 5.5 hours; small: 15, about 2.7); in parts: MINUTES=60 starts nothing that cannot end
+# within 60 minutes, RESUME=1 keeps what the results file holds

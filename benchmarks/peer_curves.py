@@ -1,8 +1,9 @@
 """Best-so-far curves from recorded trials: what a search had found at each moment of its budget.
 
-A trial is what its run folder recorded: when it started, and each epoch's validation and test
-accuracy with the time the epoch ended. At a time t only epochs that ended by t count, so a trial
-still running at t counts with the epochs it had, and nothing reported after a budget helps.
+A trial is what its run folder recorded: when it started (and ended, unless it still ran), its
+torch threads, and each epoch's validation and test accuracy with the time the epoch ended and the
+seconds it trained. At a time t only epochs that ended by t count, so a trial still running at t
+counts with the epochs it had, and nothing reported after a budget helps.
 """
 
 import json
@@ -17,6 +18,7 @@ class Epoch:
     at_s: float           # when it ended, in seconds from the search's start
     val_accuracy: float
     test_accuracy: float
+    seconds: float | None = None  # its training time (metrics.json's epoch_time_s), no evaluation
 
 
 @dataclass
@@ -26,6 +28,8 @@ class Trial:
     started_s: float      # when its run began, in seconds from the search's start
     epochs: list[Epoch] = field(default_factory=list)
     stopped_by: str = ""  # its status.json's error, when it raised to stop ("BudgetReached: ...")
+    ended_s: float | None = None  # when its run ended (status.json), None while it still ran
+    threads: int | None = None    # its torch threads (metrics.json)
 
     def epochs_by(self, at_s: float) -> list[Epoch]:
         return [e for e in self.epochs if e.at_s <= at_s]
@@ -53,9 +57,11 @@ def read_trials(folder: Path, started: float) -> list[Trial]:
         status = json.loads(status_file.read_text())
         overrides = run_dir / ".hydra" / "overrides.yaml"
         params = yaml.safe_load(overrides.read_text()) if overrides.is_file() else []
+        ended = status["updated"] - started if status.get("state") != "running" else None
         trials.append(Trial(str(run_dir), params, status["started"] - started, [
-            Epoch(e["ended_at"] - started, e["val_accuracy"], e["test_accuracy"])
-            for e in metrics["epochs"]], status.get("error", "")))
+            Epoch(e["ended_at"] - started, e["val_accuracy"], e["test_accuracy"],
+                  e.get("epoch_time_s")) for e in metrics["epochs"]], status.get("error", ""),
+            ended, metrics.get("threads")))
     return sorted(trials, key=lambda t: t.started_s)
 
 
@@ -125,6 +131,49 @@ def time_by_ending(trials: list[Trial], at_s: float, max_epochs: int) -> dict[st
         name = ending(trial, len(trial.epochs_by(at_s)), max_epochs, trial is begun[-1])
         fractions[name] += spent[trial.run_dir] / at_s
     return fractions
+
+
+def time_to(trials: list[Trial], target: float, at_s: float) -> float | None:
+    """When the search first reported a validation accuracy of at least `target`, within `at_s`;
+    None if it never did."""
+    reached = [e.at_s for t in trials for e in t.epochs_by(at_s) if e.val_accuracy >= target]
+    return min(reached, default=None)
+
+
+# Where a whole machine's core time went (core_time), in the order the table shows it.
+CORE_USES = ("training", "in trials, not training", "outside trials")
+
+
+def core_time(trials: list[Trial], at_s: float, cores: int) -> dict[str, float]:
+    """The fractions of `cores` x `at_s` core-seconds spent training (each epoch that ended by
+    `at_s`: its training seconds before its end), in trials but not training (a trial's run from
+    its start to its end, or to `at_s` while it ran: set-up, evaluation), and outside any trial
+    (start-up, sampling, waiting, idle cores). A trial occupies its torch threads' cores; at any
+    moment at most `cores` count."""
+    training, running = [], []
+    for trial in trials:
+        threads = trial.threads or 1
+        training += [(max(e.at_s - e.seconds, 0.0), e.at_s, threads)
+                     for e in trial.epochs_by(at_s) if e.seconds]
+        if trial.started_s < at_s:
+            end = at_s if trial.ended_s is None else min(max(trial.ended_s, trial.started_s), at_s)
+            running.append((max(trial.started_s, 0.0), end, threads))
+    total = cores * at_s
+    trained, ran = busy(training, cores) / total, busy(running, cores) / total
+    ran = max(ran, trained)
+    return {"training": trained, "in trials, not training": ran - trained,
+            "outside trials": 1 - ran}
+
+
+def busy(intervals: list[tuple[float, float, int]], cores: int) -> float:
+    """Core-seconds of (start, end, cores) intervals, at most `cores` at any moment."""
+    events = sorted([(start, n) for start, end, n in intervals if end > start]
+                    + [(end, -n) for start, end, n in intervals if end > start])
+    total, level, last = 0.0, 0, 0.0
+    for moment, change in events:
+        total += min(level, cores) * (moment - last)
+        level, last = level + change, moment
+    return total
 
 
 def mean_ranks(values: dict[str, dict[str, float | None]]) -> dict[str, float | None]:

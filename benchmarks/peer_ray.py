@@ -1,7 +1,9 @@
 """Ray Tune on the preset's space: ASHA (grace period 1 epoch, reduction factor 3, max = the
-preset's epochs) with Ray's OptunaSearch (TPE), one trial at a time on a one-CPU local cluster.
+preset's epochs) with Ray's OptunaSearch (TPE), one trial at a time on a one-CPU local cluster,
+or with --cpus N on an N-CPU cluster, N trials side by side, each given one CPU
+(`tune.with_resources(trainable, {"cpu": 1})`) and one torch thread.
 
-    python benchmarks/peer_ray.py --seed 0 --budget 600 [--head-start] OUT [OVERRIDES...]
+    python benchmarks/peer_ray.py --seed 0 --budget 600 [--head-start] [--cpus N] OUT [OVERRIDES...]
 
 With --head-start the preset's recipe is the first point (OptunaSearch's `points_to_evaluate`).
 
@@ -17,18 +19,28 @@ from ray.tune.search.optuna import OptunaSearch
 from peer_trials import peer_search, run_trial
 
 
+def trial_overrides(overrides: list[str], cpus: int) -> list[str]:
+    """Every trial's overrides: on a cluster of several CPUs one torch thread a trial (the one
+    CPU Ray gives it), unless the overrides set the threads."""
+    if cpus == 1 or any(o.startswith("trainer.threads=") for o in overrides):
+        return overrides
+    return [*overrides, "trainer.threads=1"]
+
+
 def main() -> None:
-    search = peer_search(__doc__)
+    search = peer_search(__doc__, cpus=True)
+    overrides = trial_overrides(search.overrides, search.cpus)
 
     def trainable(params: dict) -> None:
         run_dir = search.out / "trials" / tune.get_context().get_trial_id()
-        run_trial(run_dir, params, search.overrides, on_epoch=lambda metrics: tune.report(
+        run_trial(run_dir, params, overrides, on_epoch=lambda metrics: tune.report(
             {"val_accuracy": metrics.val_accuracy, "epoch": metrics.epoch}))
 
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ray.init(num_cpus=search.cpus, include_dashboard=False, log_to_driver=False,
+             configure_logging=False)
     try:
         tuner = tune.Tuner(
-            trainable,
+            trainable if search.cpus == 1 else tune.with_resources(trainable, {"cpu": 1}),
             tune_config=tune.TuneConfig(
                 num_samples=-1, time_budget_s=search.budget_s,
                 search_alg=OptunaSearch(space=search.space, metric="val_accuracy", mode="max",

@@ -95,18 +95,27 @@ class PeerSearch:
     overrides: list[str]  # every trial's, the space's own keys left out
     max_epochs: int
     first: dict | None    # the preset's recipe to evaluate first, with --head-start
+    cpus: int = 1         # trials side by side, one CPU each (--cpus, where the peer takes it)
 
 
-def peer_search(description: str) -> PeerSearch:
+def peer_search(description: str, cpus: bool = False) -> PeerSearch:
+    """The command line's search; with `cpus`, the peer takes --cpus N (default 1)."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("out", type=Path)
     parser.add_argument("--seed", type=int, required=True)
     parser.add_argument("--budget", type=float, required=True, help="seconds")
     parser.add_argument("--head-start", action="store_true",
                         help="evaluate the preset's enqueued recipe first, as the sweeper does")
+    if cpus:
+        parser.add_argument("--cpus", type=int, default=1,
+                            help="CPUs of the search: that many trials side by side, one CPU and "
+                                 "one torch thread each (default 1: one trial at a time)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
+    if getattr(args, "cpus", 1) < 1:
+        parser.error(f"--cpus={args.cpus}: allowed: an integer >= 1")
     space, overrides = preset_space(args.overrides)
     return PeerSearch(args.out.absolute(), args.seed, args.budget, space, overrides,
                       int(compose_trial(overrides).trainer.epochs),
-                      head_start(space, overrides) if args.head_start else None)
+                      head_start(space, overrides) if args.head_start else None,
+                      getattr(args, "cpus", 1))

@@ -1,8 +1,11 @@
 """The peers benchmark (benchmarks/peers.py): its best-so-far logic on recorded trials, its
 pairing of searches, and every method run for a few seconds on a small real MNIST subset, so that
-a peer that stops working is a failing test, not a stale number."""
+a peer that stops working is a failing test, not a stale number. The whole-machine mode: its
+plan, its parts, each method's command, its targets and where the core-seconds went, on a clock
+of the test's own and synthetic trials (no training)."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -14,8 +17,9 @@ import torch
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 sys.path.insert(0, str(BENCHMARKS))
 
-from peer_curves import (Epoch, Trial, best_by, curve, ending, mean_ranks,  # noqa: E402
-                         median_index, spread, time_by_ending, work_by)
+import peers  # noqa: E402
+from peer_curves import (Epoch, Trial, best_by, core_time, curve, ending,  # noqa: E402
+                         mean_ranks, median_index, spread, time_by_ending, time_to, work_by)
 from peers import (METHODS, Job, head_start, load_searches, marked_processes,  # noqa: E402
                    next_job, plan, preset_layers, resumed, seeds_of)
 
@@ -206,3 +210,253 @@ def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnis
         assert 0.1 < method["refit"]["test_accuracy_mean"] <= 1, f"{name}: {method['refit']}"
     for name in METHODS:
         assert not marked_processes(f"{name} / seed 0"), f"{name} left processes running"
+
+
+# The whole-machine mode (--whole-machine): each search alone on every core, in parts.
+
+class Clock:
+    """peers.time for a run of the scheduler without waiting: sleep moves the time on."""
+
+    def __init__(self) -> None:
+        self.now = 1_000_000.0
+
+    def time(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Ended:
+    """A job's process that ends after `seconds` of the clock (a search is stopped at its
+    budget before that)."""
+
+    def __init__(self, clock: Clock, seconds: float) -> None:
+        self.clock, self.end, self.returncode = clock, clock.now + seconds, None
+
+    def poll(self) -> int | None:
+        if self.clock.now >= self.end:
+            self.returncode = 0
+        return self.returncode
+
+
+def whole_machine(tmp_path: Path, *options: str) -> "peers.Benchmark":
+    args = peers.arg_parser().parse_args(
+        ["--whole-machine", f"--out={tmp_path / 'results'}", f"--runs={tmp_path / 'runs'}",
+         f"--data={tmp_path / 'data'}", *options])
+    return peers.Benchmark(args, args.scale or 1)
+
+
+def scheduled(monkeypatch, benchmark: "peers.Benchmark", refit_s: float = 5) -> list[tuple]:
+    """Run `benchmark`'s scheduler on a clock of its own, no process started: each job as
+    (name, cpu, start, end) in the order they started."""
+    clock = Clock()
+    monkeypatch.setattr(peers, "time", clock)
+    benchmark.started = clock.now
+    started, running = [], []
+
+    def start(job, cpu):
+        assert not running, f"{job.name} started beside {running}"
+        running.append(job.name)
+        started.append([job.name, cpu, clock.now, None])
+        seconds = benchmark.budget + 60 if job.kind == "search" else refit_s
+        return Ended(clock, seconds), clock.now
+
+    def finish(job, began, returncode):
+        running.remove(job.name)
+        next(s for s in started if s[0] == job.name)[3] = clock.now
+        method = benchmark.report["methods"][job.method]
+        if job.kind == "search":
+            method["searches"][str(job.seed)] = {"trials": []}
+        else:
+            method["refit"] = {"failed": "not run"}
+
+    monkeypatch.setattr(benchmark, "start", start)
+    monkeypatch.setattr(benchmark, "finish", finish)
+    monkeypatch.setattr(benchmark, "save", lambda: None)
+    monkeypatch.setattr(peers, "stop", lambda process, name: None)
+    benchmark.run()
+    return [tuple(s) for s in started]
+
+
+def test_the_whole_machine_runs_one_search_at_a_time_seed_by_seed(tmp_path, monkeypatch):
+    full = whole_machine(tmp_path, "--scale=0.05")
+    assert full.seeds == {m: [0, 1, 2, 3, 4] for m in peers.WHOLE_METHODS}
+    jobs = scheduled(monkeypatch, full)
+    assert all(cpu is None for _, cpu, _, _ in jobs)     # no affinity: every core
+    assert all(end <= nxt for (_, _, _, end), (_, _, nxt, _) in zip(jobs, jobs[1:]))
+    assert [name for name, *_ in jobs[:7]] == [f"{m} / seed 0" for m in peers.WHOLE_METHODS] + [
+        "ours / seed 1"]
+    assert [name for name, *_ in jobs[-6:]] == [f"refit {m}" for m in peers.WHOLE_METHODS]
+    assert len(jobs) == 6 * 5 + 6
+    # each search stopped at its budget, counted from its start
+    assert all(end - start == pytest.approx(30, abs=1.5) for name, _, start, end in jobs[:30])
+
+    small = whole_machine(tmp_path, "--regime=small")
+    assert small.seeds == {m: [0, 1, 2] for m in peers.WHOLE_METHODS if m != "ours, one process"}
+    assert "dataset.train_limit=10000" in small.overrides
+    with pytest.raises(SystemExit, match="'ours, one process' is not in the whole-machine small"):
+        whole_machine(tmp_path, "--regime=small", "--methods", "ours, one process")
+    with pytest.raises(SystemExit, match="seeds 0-6"):
+        whole_machine(tmp_path, "--seeds", "7")
+    assert whole_machine(tmp_path, "--seeds", "5", "6", "--methods", "ours").seeds == {
+        "ours": [5, 6]}
+
+
+def test_max_minutes_starts_no_search_that_cannot_end_within_the_part(tmp_path, monkeypatch):
+    # 30-second searches (+ 30 s for start-up and stop): by 1.6 minutes two fit, not a third
+    part = whole_machine(tmp_path, "--scale=0.05", "--max-minutes=1.6")
+    jobs = scheduled(monkeypatch, part)
+    assert [name for name, *_ in jobs] == ["ours / seed 0", "ours, one process / seed 0"]
+    assert all(start + part.budget + peers.START_STOP_S <= part.started + 96
+               for _, _, start, _ in jobs)
+    assert jobs[-1][3] + part.budget + peers.START_STOP_S > part.started + 96
+    # a refit is estimated at its trial's pace: the preset's epochs on its images + validation
+    trial_dir = tmp_path / "trial"
+    (trial_dir / ".hydra").mkdir(parents=True)
+    (trial_dir / "metrics.json").write_text(json.dumps({"train_size": 10000}))
+    (trial_dir / ".hydra" / "config.yaml").write_text("dataset:\n  val_size: 10000\n")
+    part.report["methods"]["ours"]["searches"] = {"0": {"trials": [
+        vars(recorded(str(trial_dir), 5, (7, 0.9), (9, 0.95))) | {
+            "epochs": [{"at_s": 7, "val_accuracy": 0.9, "test_accuracy": 0.9},
+                       {"at_s": 9, "val_accuracy": 0.95, "test_accuracy": 0.95}]}]}}
+    refit = Job("ours", "refit")
+    assert part.estimate_s(refit) == pytest.approx(peers.START_STOP_S + 2 * 27 * 2)
+
+
+def test_each_method_gets_every_core_the_way_its_users_give_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    benchmark = whole_machine(tmp_path)
+    commands = {}
+    for name, method in peers.WHOLE_METHODS.items():
+        folder = benchmark.folder(Job(name, "search", 3))
+        folder.mkdir(parents=True)
+        commands[name] = method(folder, 3, 600, benchmark.overrides)
+    for name, command in commands.items():
+        assert not any(w.startswith("trainer.threads=") and w != "trainer.threads=0"
+                       for w in command), f"{name}: {command}"
+    ours = commands["ours"]
+    assert ours[1:5] == ["-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna"]
+    assert {"hydra.sweeper.timeout=600", "hydra.sweeper.sampler.seed=3",
+            f"hydra.sweep.dir={benchmark.folder(Job('ours', 'search', 3))}/sweep"} <= set(ours)
+    assert not any(w.startswith("hydra.sweeper.workers") for w in ours)  # the preset's: auto
+    assert "hydra.sweeper.workers=1" in commands["ours, one process"]
+    assert "hydra/sweeper/prior=mnist" in commands["ours, MNIST prior"]
+    assert "hydra/sweeper/prior=bad" in commands["ours, bad prior"]
+    ray = commands["Ray Tune"]
+    assert ray[1].endswith("peer_ray.py") and "--head-start" in ray
+    assert f"--cpus={os.cpu_count()}" in ray
+    stock = commands["stock Hydra sweeper, joblib"]
+    jobs = os.cpu_count()
+    assert {"hydra/sweeper=optuna", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
+            f"hydra.sweeper.n_jobs={jobs}", "trainer.threads=0"} <= set(stock)
+    assert len({w.split("=", 1)[0] for w in stock if "=" in w}) == sum("=" in w for w in stock)
+    # the environment leaves the threads to each method; the one-core mode pins one
+    assert "OMP_NUM_THREADS" not in benchmark.environment("x")
+    one_core = peers.Benchmark(peers.arg_parser().parse_args(
+        [f"--out={tmp_path}", f"--runs={tmp_path}"]), 1)
+    assert one_core.environment("x")["OMP_NUM_THREADS"] == "1"
+    assert "trainer.threads=1" in one_core.overrides
+    assert "trainer.threads=1" not in benchmark.overrides
+    (tmp_path / "one").mkdir()
+    one_core_stock = METHODS["stock Hydra sweeper"](tmp_path / "one", 0, 60, one_core.overrides)
+    assert "hydra.sweeper.n_jobs=1" in one_core_stock and not any(
+        "launcher" in w for w in one_core_stock)
+
+
+def test_ray_tune_on_several_cpus_gives_each_trial_one_thread():
+    from peer_ray import trial_overrides
+    assert trial_overrides(["a=1"], 1) == ["a=1"]
+    assert trial_overrides(["a=1"], 2) == ["a=1", "trainer.threads=1"]
+    assert trial_overrides(["trainer.threads=2"], 2) == ["trainer.threads=2"]
+
+
+def test_the_small_regimes_targets_are_measured_once_and_read_back_on_resume(tmp_path,
+                                                                               monkeypatch):
+    first = whole_machine(tmp_path, "--regime=small", "--scale=0.05", "--max-minutes=0.01")
+    assert "targets" not in first.report
+    runs = []
+
+    def trained(command, **kwargs):  # the recipe's run, as mlp_sweep.train writes it
+        runs.append(command)
+        out = Path(next(w for w in command if w.startswith("hydra.run.dir=")).split("=", 1)[1])
+        (out / "metrics.json").write_text(json.dumps({"epochs": [{"val_accuracy": 0.95},
+                                                                 {"val_accuracy": 0.97}]}))
+        return subprocess.CompletedProcess(command, 0)
+
+    monkeypatch.setattr(peers.subprocess, "run", trained)
+    scheduled(monkeypatch, first)
+    (command,) = runs
+    assert command[1:4] == ["-m", "mlp_sweep.train", "hparams_search=optuna"]
+    assert "--multirun" not in command and "dataset.train_limit=10000" in command
+    assert {"model.width=256", "augment=shift", "optimizer.lr=0.003"} <= set(command)
+    assert first.report["targets"] == [0.97, 0.975]
+    peers.Benchmark.save(first)  # scheduled() left the instance's save out
+    saved = json.loads(first.path("json").read_text())
+    assert saved["targets"] == [0.97, 0.975] and saved["recipe"]["val_accuracy"] == 0.97
+    monkeypatch.undo()
+
+    def measured_again(self):
+        raise AssertionError("the targets were measured again")
+
+    monkeypatch.setattr(peers.Benchmark, "recipe_targets", measured_again)
+    again = whole_machine(tmp_path, "--regime=small", "--scale=0.05", "--resume")
+    assert again.report["targets"] == [0.97, 0.975]
+    assert [c["command"] for c in again.report["commands"]] == [
+        first.report["commands"][0]["command"], again.report["commands"][-1]["command"]]
+    assert scheduled(monkeypatch, again)[0][0] == "ours / seed 0"
+    with pytest.raises(SystemExit, match="regime"):
+        peers.resumed(first.path("json"), {**again.report, "regime": "full"})
+
+
+def test_training_share_of_the_core_seconds_and_time_to_a_target():
+    def trial(name, started, ended, threads, *epochs):  # epochs: (end, val, training seconds)
+        return Trial(name, [], started, [Epoch(at, val, val, s) for at, val, s in epochs],
+                     "", ended, threads)
+
+    # 2 cores, 100 s: a and b side by side, one thread each; c after a, killed at the budget
+    trials = [trial("a", 0, 50, 1, (20, 0.9, 15), (40, 0.95, 15)),
+              trial("b", 10, 100, 1, (60, 0.96, 40), (110, 0.99, 40)),  # its 2nd epoch too late
+              trial("c", 55, None, 1, (90, 0.97, 30))]
+    share = core_time(trials, 100, 2)
+    assert share["training"] == pytest.approx((15 + 15 + 40 + 30) / 200)
+    assert share["in trials, not training"] == pytest.approx((50 + 90 + 45 - 100) / 200)
+    assert share["outside trials"] == pytest.approx(1 - 185 / 200)
+    # one process of two threads: its epochs count both cores, never more than the machine's
+    wide = [trial("d", 0, 80, 2, (30, 0.9, 25), (60, 0.9, 25)),
+            trial("e", 0, 80, 2, (30, 0.9, 25))]             # oversubscribed: still 2 cores
+    assert core_time(wide, 100, 2)["training"] == pytest.approx((2 * 25 + 2 * 25) / 200)
+    assert core_time(wide, 100, 2)["outside trials"] == pytest.approx(0.2)
+    assert time_to(trials, 0.96, 100) == 60 and time_to(trials, 0.99, 100) is None
+    assert time_to(trials, 0.99, 120) == 110
+
+
+def test_the_whole_machine_table_names_its_commands_targets_and_core_time(tmp_path):
+    def search(*trials):
+        return {"trials": [vars(t) | {"epochs": [vars(e) for e in t.epochs]} for t in trials]}
+
+    def trial(name, at, val):
+        return Trial(name, ["model.width=256"], 0, [Epoch(at, val, val, at / 2)], "", at, 1)
+
+    report = {"mode": "whole machine", "regime": "full", "cores": 2, "cpu": "Some CPU",
+              "torch": "2.14.1", "date": "2026-12-06 10:00", "dates": ["2026-12-06 10:00"],
+              "machine": "x86_64, 2 cores", "budget_s": 600, "scale": 1, "overrides": [],
+              "max_epochs": 27, "checkpoints_s": [120, 300, 600], "targets": [0.99, 0.992],
+              "seeds": {"ours": [0, 1], "Ray Tune": [0, 1]},
+              "commands": [{"command": ".venv/bin/python benchmarks/peers.py --whole-machine",
+                            "date": "2026-12-06 10:00"}],
+              "methods": {"ours": {"searches": {"0": search(trial("a", 100, 0.991)),
+                                                "1": search(trial("b", 400, 0.993))},
+                                   "refit": {"test_accuracy_mean": 0.9912, "epochs": 27}},
+                          "Ray Tune": {"searches": {"0": search(trial("c", 200, 0.985)),
+                                                    "1": search(trial("d", 500, 0.991))},
+                                       "refit": None}}}
+    table = peers.markdown(report)
+    assert table.startswith("```\n.venv/bin/python benchmarks/peers.py --whole-machine    # "
+                            "2026-12-06 10:00\n```\n\nCPU: Some CPU; 2 cores; torch 2.14.1;")
+    assert "| ours | 2 | 1.7 min (0 of 2 never) | 6.7 min (1 of 2 never) |" in table
+    assert "| Ray Tune | 2 | 8.3 min (1 of 2 never) | never (2 of 2 never) |" in table
+    assert "| method | training | in trials, not training | outside trials |" in table
+    assert "| ours | 0 | 99.10% | 99.10% | 99.12% | 27 | model.width=256 |" in table
+    peers.figure(report, tmp_path / "whole.png")
+    assert (tmp_path / "whole.png").stat().st_size > 10_000
