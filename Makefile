@@ -5,7 +5,8 @@
 # make sweep   - WORKERS asynchronous Optuna sweep workers (ARGS=... adds overrides)
 # make bench, make bench-sweeps, make bench-search [QUICK=1], make bench-peers [QUICK=1]
 #              [WHOLE=1 REGIME=full|small RESUME=1 MINUTES=60],
-#              make bench-warm-start, make bench-precision, make bench-fused, make bench-checkpoints -
+#              make bench-warm-start, make bench-precision, make bench-fused, make bench-checkpoints,
+#              make bench-workers -
 #              the benchmarks in benchmarks/ (bench-peers and the tests
 #              also install the bench extra)
 PYTHON ?= python3
@@ -46,7 +47,7 @@ WORKERS ?= 2
 sweep: $(INSTALLED)
 	$(PY) -m mlp_sweep.workers $(WORKERS) $(ARGS)
 
-.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision bench-fused \
+.PHONY: bench bench-sweeps bench-search bench-peers bench-warm-start bench-precision bench-fused bench-workers \
         bench-checkpoints
 bench: $(INSTALLED)          ## mlp_sweep against the course's DataLoader pipeline (about 2 minutes)
 	$(PY) benchmarks/bench.py
@@ -59,6 +60,9 @@ bench-search: $(INSTALLED)   ## what the search presets find in 5-30 minutes, 3 
 
 bench-precision: $(INSTALLED) ## trainer.precision=bf16 against fp32: epoch times and refit accuracy, 3 seeds (about 30 minutes)
 	$(PY) benchmarks/precision.py
+
+bench-workers: $(INSTALLED)  ## one process with every core against one one-thread worker per core, per kind of trial (about 10 minutes)
+	$(PY) benchmarks/workers.py
 
 bench-fused: $(INSTALLED)    ## the training loop for one model against a bare loop, K stacked against K alone, 8 trials fused against alone (about 12 minutes)
 	$(PY) benchmarks/fused.py

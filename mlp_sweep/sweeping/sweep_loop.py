@@ -100,6 +100,9 @@ class SweepLoop:
             self.n_trials = min(self.n_trials, grid_size(grid))
             log.info(f"GridSampler: n_trials is {self.n_trials}, the size of the grid")
         sampler = self._with_prior(sampler, settings.sampler.get("seed"))
+        if self.prior is not None and not is_worker():  # said once, by the sweep command
+            log.info(f"Prior on {', '.join(self.prior.params)}: {self.prior.share:.0%} of the "
+                     f"first trials drawn from it, half that after {self.prior.halved_after:g}")
 
         if settings.artifacts:
             self.store = checked_store(settings.artifacts)
@@ -200,12 +203,7 @@ class SweepLoop:
     def _with_prior(self, sampler: optuna.samplers.BaseSampler,
                     seed: int | None) -> optuna.samplers.BaseSampler:
         """`sampler`, drawing a share of the trials from the prior where the sweep has one."""
-        if self.prior is None:
-            return sampler
-        if not is_worker():  # said once, by the sweep command
-            log.info(f"Prior on {', '.join(self.prior.params)}: {self.prior.share:.0%} of the "
-                     f"first trials drawn from it, half that after {self.prior.halved_after:g}")
-        return PriorSampler(sampler, self.prior, seed=seed)
+        return sampler if self.prior is None else PriorSampler(sampler, self.prior, seed=seed)
 
     def _ask(self, study: optuna.Study, sweep_dir: Path,
              space: dict[str, BaseDistribution]) -> optuna.Trial | None:
