@@ -12,6 +12,10 @@ they kept for it in the artifact store (retry_files.py), to go on from them. A j
 raises is recorded FAIL with the reason, and the sweep goes on until those failures exceed
 `max_failure_rate` of `n_trials`. A value the study cannot record (NaN, the wrong count) is a
 FAIL trial too, as in the stock sweeper, and does not stop the sweep.
+
+With `workers` above 1 (machine_workers.py) the command sets the study up, runs the loop in that
+many worker processes of its own command, and writes the results when they have ended; with a
+`prior` (prior.py) the sampler draws a share of the early trials from it.
 """
 
 import contextlib
