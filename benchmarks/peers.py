@@ -71,6 +71,7 @@ import yaml
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from mlp_sweep.sweeping.optuna_compat import parse_sweep_overrides
+from mlp_sweep.sweeping.worker_pool import usable_cores
 from mlp_sweep.sweeping.sweep_settings import fits
 from mlp_sweep.values import flatten
 
@@ -173,8 +174,9 @@ OTHER_SEEDS = 3
 
 
 def cores() -> int:
-    """The machine's cores, all of which a whole-machine search gets (as workers=auto counts)."""
-    return os.cpu_count() or 1
+    """The cores this benchmark may use, all of which a whole-machine search gets (as
+    workers=auto counts them: the CPU affinity)."""
+    return usable_cores()
 
 
 def ray_whole_machine(out: Path, seed: int, budget: float, overrides: list[str]) -> list[str]:
@@ -457,7 +459,9 @@ class Benchmark:
             method["searches"][str(job.seed)] = {
                 "returncode": returncode, "wall_s": time.time() - started,
                 "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
-                **({"command": self.commands[job.name]} if self.whole else {}),
+                # the CPU of each search: a race run in parts may span sessions, and machines
+                **({"command": self.commands[job.name], "cpu": self.report["cpu"]}
+                   if self.whole else {}),
                 "trials": [vars(t) | {"epochs": [vars(e) for e in t.epochs]} for t in trials]}
             method["refit"] = None  # the median seed's best may have changed
             best = best_by(trials, self.budget)

@@ -100,7 +100,9 @@ def search(name: str, data: Path, out: Path, preset: str, budget_s: float,
     started = time.time()
     subprocess.run([*TRAIN, "--multirun", f"hparams_search={preset}", f"dataset.root={data}",
                     f"hydra.sweeper.timeout={budget_s}", f"hydra.sweeper.storage={storage}",
-                    f"hydra.sweep.dir={out / name}", "trainer.progress=false", *extra],
+                    f"hydra.sweep.dir={out / name}", "trainer.progress=false",
+                    # one process, as its recorded results were searched (workers: make bench-peers)
+                    "hydra.sweeper.workers=1", *extra],
                    check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     wall = time.time() - started
     # The search's own database holds its one study, whatever the preset names it.

@@ -30,7 +30,9 @@ from optuna.trial import TrialState
 
 from mlp_sweep.sweeping import trial_attrs
 
-TRAIN = [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna"]
+# One process, as its recorded results were searched (the whole machine: make bench-peers)
+TRAIN = [sys.executable, "-m", "mlp_sweep.train", "--multirun", "hparams_search=optuna",
+         "hydra.sweeper.workers=1"]
 STUDY = "mlp_mnist"  # the preset's study name on MNIST
 
 

@@ -17,7 +17,6 @@ Writes benchmarks/results/workers.{json,md}.
 
 import argparse
 import json
-import os
 import platform
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ import sys
 import tempfile
 from datetime import datetime
 from pathlib import Path
+
+from mlp_sweep.sweeping.worker_pool import usable_cores
 
 TRIALS = {  # name: the trial's overrides (the preset's keys)
     "recipe 2x256, batch 256": ["model.depth=2", "model.width=256", "model.norm=none",
@@ -90,7 +91,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--trials", nargs="+", choices=list(TRIALS), default=list(TRIALS))
     args = parser.parse_args()
-    cores = len(os.sched_getaffinity(0))
+    cores = usable_cores()
     report = {"command": " ".join([Path(sys.executable).name, *sys.argv]), "cpu": cpu_model(),
               "cores": cores, "date": datetime.now().strftime("%Y-%m-%d %H:%M"),
               "epochs": args.epochs, "rounds": args.rounds, "trials": {}}

@@ -17,12 +17,13 @@ ones; `--gpus 0,2` chooses them, `--workers-per-gpu N` puts N workers on each, a
 """
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
 from mlp_sweep.errors import UserError, error_line
-from mlp_sweep.sweeping.worker_pool import (run_workers, visible_gpus, worker_commands,
-                                            worker_environments, worker_gpus)
+from mlp_sweep.sweeping.worker_pool import (run_workers, worker_commands, worker_environments,
+                                            worker_gpus)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,6 +54,23 @@ def main(argv: list[str] | None = None) -> int:
         if gpu is not None:
             print(f"worker {k}: GPU {gpu} (CUDA_VISIBLE_DEVICES={gpu})", file=sys.stderr)
     return run_workers(commands, worker_environments(gpus))
+
+
+# What a GPU driver puts on Linux (NVIDIA's, its WSL bridge, AMD's ROCm). Without any of them
+# there is no GPU to count, and this launcher need not load torch (3 s of CPU) to learn it.
+GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indexes or UUIDs)."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    if sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DRIVER_FILES):
+        return []
+    import torch  # only here: the sweep workers import it themselves
+
+    return [str(i) for i in range(torch.cuda.device_count())]
 
 
 def _indexes(text: str) -> list[int]:

@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import time
+from datetime import datetime
 from pathlib import Path
 
 import optuna
@@ -67,10 +68,20 @@ def test_on_two_cores_the_default_search_runs_two_one_thread_workers_on_one_stud
                for t in trials if t.state != TrialState.RUNNING]
     assert metrics and all(m["threads"] == 1 for m in metrics)
     # One budget for both: no epoch ends later than one epoch after it, counted from the command's
-    # start (the workers start seconds later, and their budget does not)
-    epochs = [e for m in metrics for e in m["epochs"]]
-    longest = max(e["epoch_time_s"] for e in epochs)
-    assert max(e["ended_at"] for e in epochs) <= started + budget_s + longest + 3
+    # start (its "Workers:" line; the workers start seconds later, and their budget does not).
+    # An epoch's length: from the previous epoch's end, or its trial's start, to its own end
+    said = re.search(r"\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+)\]\[HYDRA\] Workers:", output)
+    command_started = datetime.strptime(said.group(1), "%Y-%m-%d %H:%M:%S,%f").timestamp()
+    ends, longest = [], 0.0
+    for trial in trials:
+        if trial.state == TrialState.RUNNING:
+            continue
+        ended = [e["ended_at"] for e in json.loads(
+            Path(trial.user_attrs["run_dir"], "metrics.json").read_text())["epochs"]]
+        starts = [trial.datetime_start.timestamp(), *ended[:-1]]
+        longest = max([longest, *(end - start for start, end in zip(starts, ended))])
+        ends += ended
+    assert started < command_started and max(ends) <= command_started + budget_s + longest
     for k in (0, 1):  # each worker's lines named, a line per trial
         assert re.search(rf"^\[worker {k}\] trial \d+ ", result.stdout, re.MULTILINE)
     assert result.stdout.count("search ended after") == 1  # the command's, not each worker's
@@ -141,9 +152,28 @@ def test_killing_the_search_command_stops_its_workers(tmp_path, small_root):
     finally:
         for child in psutil.Process().children(recursive=True):
             child.send_signal(signal.SIGKILL)
-    # the next command on the study runs the interrupted trials again
+    # their trials are left running, for the next command on the study to run again
     trials = trials_of(tmp_path)
     assert any(t.state == TrialState.RUNNING for t in trials)
+
+
+def test_ctrl_c_passes_on_once_and_the_search_says_it_was_interrupted(tmp_path, small_root):
+    process = search(tmp_path, small_root, "hydra.sweeper.timeout=120", "trainer.batch_size=16",
+                     cores={0, 1}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        for line in process.stdout:
+            if re.match(r"\[worker \d\] trial \d+ ", line):
+                break
+        workers = psutil.Process(process.pid).children()
+        process.send_signal(signal.SIGINT)  # as a terminal's Ctrl-C, which reaches it alone
+        rest = process.stdout.read()
+        assert process.wait(timeout=60) == 130, rest[-3000:]
+        assert "the search was interrupted: the same command resumes it" in rest
+        gone, alive = psutil.wait_procs(workers, timeout=20)
+        assert not alive
+    finally:
+        for child in psutil.Process().children(recursive=True):
+            child.send_signal(signal.SIGKILL)
 
 
 def settings(**keys) -> SweepSettings:
@@ -164,6 +194,9 @@ def settings(**keys) -> SweepSettings:
      "the launcher JoblibLauncher runs the jobs"),
     ({"n_jobs": 2}, BASIC_LAUNCHER, 4, [], 1, "hydra.sweeper.n_jobs=2 runs batches"),
     ({"workers": 3}, BASIC_LAUNCHER, 2, [], 3, "hydra.sweeper.workers=3, 1 thread each"),
+    ({"fuse": 4}, BASIC_LAUNCHER, 4, [], 1, "hydra.sweeper.fuse=4 trains its groups in it"),
+    ({}, BASIC_LAUNCHER, 32, [], 8, "8 workers for 32 cores (auto's most; workers=N for more), "
+                                    "4 threads each"),
 ])
 def test_what_auto_chooses_and_why(keys, launcher, cores, gpus, count, why, monkeypatch):
     monkeypatch.delenv("MLP_SWEEP_SWEEP_WORKER", raising=False)
@@ -181,3 +214,12 @@ def test_a_worker_never_starts_workers_of_its_own(monkeypatch):
 def test_workers_without_a_command_is_one_line():
     with pytest.raises(UserError, match=r"hydra.sweeper.worker_command=None: the workers need"):
         choose_workers(settings(workers=2, worker_command=None), BASIC_LAUNCHER, cores=2, gpus=[])
+
+
+def test_the_gpus_auto_counts_are_the_ones_cuda_visible_devices_lists(monkeypatch):
+    from mlp_sweep.sweeping.machine_workers import visible_gpus
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2, 3")
+    assert visible_gpus() == ["2", "3"]
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
+    assert visible_gpus() == []

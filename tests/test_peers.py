@@ -325,6 +325,7 @@ def test_max_minutes_starts_no_search_that_cannot_end_within_the_part(tmp_path, 
 
 
 def test_each_method_gets_every_core_the_way_its_users_give_them(tmp_path, monkeypatch):
+    monkeypatch.setattr(peers, "usable_cores", lambda: 2)  # a 2-core machine's, in a pinned test
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     benchmark = whole_machine(tmp_path)
     commands = {}
@@ -345,9 +346,9 @@ def test_each_method_gets_every_core_the_way_its_users_give_them(tmp_path, monke
     assert "hydra/sweeper/prior=bad" in commands["ours, bad prior"]
     ray = commands["Ray Tune"]
     assert ray[1].endswith("peer_ray.py") and "--head-start" in ray
-    assert f"--cpus={os.cpu_count()}" in ray
+    assert "--cpus=2" in ray  # the cores it may use, as workers=auto counts
     stock = commands["stock Hydra sweeper, joblib"]
-    jobs = os.cpu_count()
+    jobs = 2
     assert {"hydra/sweeper=optuna", "hydra/launcher=joblib", f"hydra.launcher.n_jobs={jobs}",
             f"hydra.sweeper.n_jobs={jobs}", "trainer.threads=0"} <= set(stock)
     assert len({w.split("=", 1)[0] for w in stock if "=" in w}) == sum("=" in w for w in stock)

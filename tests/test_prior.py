@@ -61,15 +61,41 @@ def test_a_share_of_0_is_no_prior_and_no_params_is_no_prior():
 
 def test_enqueued_trials_keep_their_parameters_and_a_trial_is_drawn_once():
     study = study_with({**PRIOR, "share": 1.0, "halved_after": 1e9})
+    draws = []
+
+    class CountedDraws(numpy.random.RandomState):  # counts the sampler's coin flips
+        def uniform(self, *args):
+            draws.append(1)
+            return super().uniform(*args)
+
+    study.sampler._rng = CountedDraws(0)
     study.enqueue_trial({"x": 0.1, "n": 16, "kind": "a"})
     first = study.ask(SPACE)
     assert first.params == {"x": 0.1, "n": 16, "kind": "a"}
-    assert FROM_PRIOR not in study.trials[0].user_attrs
+    assert FROM_PRIOR not in study.trials[0].user_attrs and draws == []
     second = study.ask(SPACE)
-    assert study.trials[1].user_attrs[FROM_PRIOR] is True
-    # Optuna calls before_trial again for every Trial object of a running trial (a job's reports)
-    again = optuna.Trial(study, second._trial_id)
-    assert again.params == second.params and study.trials[1].user_attrs[FROM_PRIOR] is True
+    assert study.trials[1].user_attrs[FROM_PRIOR] is True and len(draws) == 1
+    # Optuna calls before_trial again for every Trial object of a running trial (a job's
+    # reports): no second draw
+    optuna.Trial(study, second._trial_id)
+    assert len(draws) == 1
+
+
+def test_the_prior_wraps_multivariate_tpe_with_the_constant_liar():
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    tpe = optuna.samplers.TPESampler(multivariate=True, constant_liar=True, n_startup_trials=1,
+                                     seed=0)
+    study = optuna.create_study(sampler=PriorSampler(tpe, checked_prior(PRIOR, SPACE), seed=0),
+                                direction="maximize")
+    running = [study.ask(SPACE) for _ in range(3)]  # asked side by side, as workers do
+    for trial in running:
+        study.tell(trial, trial.params["x"])
+    trials = run(study, 40)
+    drawn = [t for t in trials if t.user_attrs.get(FROM_PRIOR)]
+    tpe_trials = [t for t in trials[10:] if not t.user_attrs.get(FROM_PRIOR)]
+    assert drawn and all(0.8 < t.params["x"] <= 1.0 and t.params["kind"] == "c" for t in drawn)
+    # TPE learns from every trial, the prior's too: it maximises x, late trials lean high
+    assert numpy.median([t.params["x"] for t in tpe_trials]) > 0.6
 
 
 def test_draws_stay_in_the_range_and_on_its_steps():

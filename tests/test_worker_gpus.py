@@ -5,9 +5,9 @@ import sys
 
 import pytest
 
-from mlp_sweep.sweeping import worker_pool
-from mlp_sweep.sweeping.worker_pool import visible_gpus, worker_environments, worker_gpus
-from mlp_sweep.workers import main
+from mlp_sweep import workers
+from mlp_sweep.sweeping.worker_pool import worker_environments, worker_gpus
+from mlp_sweep.workers import main, visible_gpus
 
 
 @pytest.mark.parametrize(("workers", "visible", "chosen", "per_gpu", "expected"), [
@@ -37,7 +37,7 @@ def test_the_visible_gpus_are_the_ones_cuda_visible_devices_lists(monkeypatch):
 def test_without_a_gpu_driver_the_gpus_are_counted_without_torch(tmp_path, monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(sys, "platform", "linux")
-    monkeypatch.setattr(worker_pool, "GPU_DRIVER_FILES", (str(tmp_path / "nvidiactl"),))
+    monkeypatch.setattr(workers, "GPU_DRIVER_FILES", (str(tmp_path / "nvidiactl"),))
     monkeypatch.setitem(sys.modules, "torch", None)  # importing torch now raises ImportError
     assert visible_gpus() == []
     (tmp_path / "nvidiactl").touch()  # a driver: torch counts the GPUs

@@ -22,9 +22,12 @@ from mlp_sweep.errors import UserError
 from mlp_sweep.sweeping.sweep_settings import SweepSettings
 from mlp_sweep.sweeping.trial_spec import hydra_quoted
 from mlp_sweep.sweeping.worker_pool import (SWEEP_WORKER_VARIABLE, command_of, usable_cores,
-                                            visible_gpus, worker_environments, worker_gpus)
+                                            worker_environments, worker_gpus)
 
 AUTO = "auto"
+# Workers auto starts at most: the most measured (make bench-workers) is 2; more cores than this
+# get this many workers of several threads each, on one SQLite study
+MOST_AUTO_WORKERS = 8
 BASIC_LAUNCHER = "hydra._internal.core_plugins.basic_launcher.BasicLauncher"
 
 
@@ -90,13 +93,30 @@ def _auto(settings: SweepSettings, launcher_target: str, cores: int,
         return 1, f"{alone}: the launcher {launcher_target.rsplit('.', 1)[-1]} runs the jobs"
     if settings.n_jobs > 1:
         return 1, f"{alone}: hydra.sweeper.n_jobs={settings.n_jobs} runs batches of trials"
+    if settings.fuse > 1:  # a group's trials are asked together, by one process
+        return 1, f"{alone}: hydra.sweeper.fuse={settings.fuse} trains its groups in it"
     if len(gpus) > 1:
         return len(gpus), f"hydra.sweeper.workers=auto: {len(gpus)} workers, one per GPU"
     if gpus:
         return 1, f"{alone} on the one GPU"
+    if cores > MOST_AUTO_WORKERS:
+        return MOST_AUTO_WORKERS, (f"hydra.sweeper.workers=auto: {MOST_AUTO_WORKERS} workers for "
+                                   f"{cores} cores (auto's most; workers=N for more)")
     if cores > 1:
         return cores, f"hydra.sweeper.workers=auto: {cores} workers, one per core"
     return 1, f"{alone} on the one core it may use"
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a worker may be given, as CUDA_VISIBLE_DEVICES names them, counted without
+    torch (the sweeper serves any Hydra app): that variable's list where it is set, else one
+    per NVIDIA device file; none on a machine without them."""
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        return [name.strip() for name in listed.split(",") if name.strip()]
+    devices = sorted(int(path.name[len("nvidia"):]) for path in Path("/dev").glob("nvidia*")
+                     if path.name[len("nvidia"):].isdigit())
+    return [str(index) for index in devices]
 
 
 def _check_can_start(settings: SweepSettings) -> None:

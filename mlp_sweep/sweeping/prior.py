@@ -150,8 +150,11 @@ class PriorSampler(BaseSampler):
 
     def __init__(self, base: BaseSampler, prior: Prior, seed: int | None = None) -> None:
         self.base, self.prior = base, prior
-        self._rng = numpy.random.RandomState(seed)
-        self._random = RandomSampler(seed=None if seed is None else seed + 1)
+        # Two streams of their own: worker k's seed + 1 is worker k + 1's seed
+        draws, others = (numpy.random.SeedSequence(seed).generate_state(2) if seed is not None
+                         else (None, None))
+        self._rng = numpy.random.RandomState(None if draws is None else int(draws))
+        self._random = RandomSampler(seed=None if others is None else int(others))
         self._drawn: set[int] = set()  # the trial ids drawn from the prior, in this process
 
     def infer_relative_search_space(self, study: optuna.Study, trial: FrozenTrial):
@@ -176,8 +179,9 @@ class PriorSampler(BaseSampler):
         # its parameters are sampled; an enqueued trial, or a retry, keeps its own
         if trial.params or "fixed_params" in trial.system_attrs:
             return
-        finished = len(study.get_trials(deepcopy=False,
-                                        states=(TrialState.COMPLETE, TrialState.PRUNED)))
+        # from the storage: Optuna passes the hyperband pruner's bracket here, not the study
+        finished = len(study._storage.get_all_trials(
+            study._study_id, deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)))
         if self._rng.uniform() < self.prior.chance(finished):
             self._drawn.add(trial._trial_id)
             study._storage.set_trial_user_attr(trial._trial_id, FROM_PRIOR, True)

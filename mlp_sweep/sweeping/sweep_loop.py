@@ -114,7 +114,9 @@ class SweepLoop:
             optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = create_study(settings.study_name, settings.storage, sampler, settings.pruner,
                              settings.directions, settings.heartbeat)
-        check_same_settings(study, study_settings(self.config, space, settings.execution_keys),
+        # The threads a worker is given say how it runs, not what it trains
+        execution_keys = (*settings.execution_keys, *filter(None, [settings.threads_key]))
+        check_same_settings(study, study_settings(self.config, space, execution_keys),
                             settings.storage)
         resume.fail_interrupted(study, settings.max_retry, settings.storage)
         import_trials(study, imported)
@@ -158,6 +160,9 @@ class SweepLoop:
                                  n_trials=self.n_trials, timeout=self.settings.timeout,
                                  started=started)
         progress.ended(study, write_results(study, sweep_dir))
+        if code > 128:  # stopped by Ctrl-C or SIGTERM, passed on to the workers
+            log.error("the search was interrupted: the same command resumes it")
+            sys.exit(code)
         if code != 0:
             log.error(f"a worker exited with code {code}: its lines above say why")
             sys.exit(code if 0 < code < 256 else 1)

@@ -109,9 +109,13 @@ def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | 
     """Start every worker, wait for all; Ctrl-C or SIGTERM is passed on to each of them. Their
     output comes here line by line, each line named by its worker, so that lines never tangle."""
     environments = environments or [None] * len(commands)
+    # Each in its own session: a terminal's Ctrl-C reaches this process only, which passes it on
+    # once, so that every worker records its running trial as interrupted before it ends
+    this_process = os.getpid()
     processes = [subprocess.Popen(command, env=environment, stdout=subprocess.PIPE,
                                   stderr=subprocess.STDOUT, text=True, errors="replace",
-                                  preexec_fn=_ended_with_this_process)
+                                  start_new_session=True,
+                                  preexec_fn=lambda: _ended_with(this_process))
                  for command, environment in zip(commands, environments)]
     lock = threading.Lock()
     relays = [threading.Thread(target=_relay, args=(p.stdout, f"[worker {k}] ", lock), daemon=True)
@@ -119,10 +123,14 @@ def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | 
     for relay in relays:
         relay.start()
 
+    received: list[int] = []
+
     def stop(signum, frame):  # noqa: ARG001 - signal handler signature
+        # the first Ctrl-C (or SIGTERM) is passed on as it came; a second one kills
+        received.append(signum)
         for process in processes:
             if process.poll() is None:
-                process.send_signal(signal.SIGTERM)
+                process.send_signal(signum if len(received) == 1 else signal.SIGKILL)
 
     previous = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
@@ -132,18 +140,24 @@ def run_workers(commands: list[list[str]], environments: list[dict[str, str]] | 
     finally:
         for s, handler in previous.items():
             signal.signal(s, handler)
+    if received:  # as a shell reports a command stopped by that signal
+        return 128 + received[0]
     return max(codes, key=abs)
 
 
-def _ended_with_this_process() -> None:
-    """In a worker, before it runs: on Linux, the kernel sends it SIGTERM when this process dies,
-    however it dies (kill -9 included), so that no worker goes on searching unwatched. Its trial
-    is then run again by the next sweep on the study, as any interrupted trial is."""
+def _ended_with(parent: int) -> None:
+    """In a worker, before it runs: on Linux, the kernel sends it SIGTERM when `parent` (the
+    process that started it) dies, however it dies (kill -9 included), so that no worker goes on
+    searching unwatched; its trial is run again by the next sweep on the study, as any
+    interrupted trial is. A `worker_command` must run the app itself (not a wrapper that starts
+    it), for the signal reaches the worker only."""
     if sys.platform == "linux":
         import ctypes
 
         PR_SET_PDEATHSIG = 1
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # it died before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
@@ -155,20 +169,3 @@ def _relay(stream: IO[str], prefix: str, lock: threading.Lock) -> None:
                 with lock:
                     sys.stdout.write(prefix + part + "\n")
                     sys.stdout.flush()
-
-
-# What a GPU driver puts on Linux (NVIDIA's, its WSL bridge, AMD's ROCm). Without any of them
-# there is no GPU to count, and this launcher need not load torch (3 s of CPU) to learn it.
-GPU_DRIVER_FILES = ("/dev/nvidiactl", "/proc/driver/nvidia", "/dev/dxg", "/dev/kfd")
-
-
-def visible_gpus() -> list[str]:
-    """The GPUs this process may use, as CUDA_VISIBLE_DEVICES names them (indexes or UUIDs)."""
-    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if listed is not None:
-        return [name.strip() for name in listed.split(",") if name.strip()]
-    if sys.platform == "linux" and not any(os.path.exists(path) for path in GPU_DRIVER_FILES):
-        return []
-    import torch  # only here: the sweep workers import it themselves
-
-    return [str(i) for i in range(torch.cuda.device_count())]
