@@ -3,11 +3,13 @@
 One process gives all its cores to one trial at a time; small models use a second core poorly, so
 one-thread workers, each training its own trial, train more epochs per second on the same cores
 (make bench-workers). With `workers: auto` the command starts one worker per core it may use (per
-GPU on a machine with GPUs), each asking the study for its next trial as soon as its last one
-ends, as `python -m mlp_sweep.workers N` does; TPE's constant liar keeps them from asking the same
-point. The command sets the study up first (settings, enqueued trials, warm start), passes each
-worker its own command line with the time left, relays their lines, each named by its worker,
-and writes the search's results when they have all ended.
+GPU on a machine with GPUs; at most MOST_AUTO_WORKERS), each asking the study for its next trial
+as soon as its last one ends, as `python -m mlp_sweep.workers N` does; TPE's constant liar keeps
+them from asking the same point. The command sets the study up first (settings, enqueued trials,
+warm start), starts each worker as a copy of its own command line (one process, its own sampler
+seed, its share of the cores) with the moment the command started, from which every worker's
+budget counts, relays their lines, each named by its worker, and writes the search's results
+when they have all ended.
 """
 
 import os
