@@ -17,7 +17,7 @@ import yaml
 class Epoch:
     at_s: float           # when it ended, in seconds from the search's start
     val_accuracy: float
-    test_accuracy: float
+    test_accuracy: float | None  # read for the epoch a run keeps (or for every epoch)
     seconds: float | None = None  # its training time (metrics.json's epoch_time_s), no evaluation
 
 

@@ -9,8 +9,8 @@ from torch.utils.data import DataLoader, Subset
 from torchvision import datasets, transforms
 
 from mlp_sweep.training.data import Split, Splits, load_splits
-from mlp_sweep.training.engine import (DivergedError, EpochMetrics, accuracy, batch_bounds, best_epoch,
-                                       fit_model, train_model_epoch)
+from mlp_sweep.training.engine import (DivergedError, EpochMetrics, Member, RandomStreams, accuracy,
+                                       batch_bounds, best_epoch, fit, fit_model, train_model_epoch)
 from mlp_sweep.training.model import MLP
 
 from conftest import compose_config
@@ -119,6 +119,49 @@ def test_the_model_ends_with_its_best_validation_epochs_weights():
     for key, value in model.state_dict().items():
         assert torch.equal(value, weights[best.epoch][key])
     assert accuracy(model, val) == best.val_accuracy
+
+
+def test_without_test_each_epoch_the_test_set_is_read_once_for_the_kept_weights():
+    torch.manual_seed(0)
+    train, val, test = separable(seed=0), separable(seed=1), separable(seed=2)
+    model = MLP((1, 2, 2), [16], 2)
+    # The same lr as above: a later epoch is worse, so the kept epoch is not the last.
+    history = fit_model(model, torch.optim.SGD(model.parameters(), lr=3.0), Splits(train, val, test),
+                        epochs=6, batch_size=32, seed=0, test_each_epoch=False)
+    kept = best_epoch(history)
+    assert kept is not history[-1]
+    assert [m.test_accuracy is None for m in history] == [m is not kept for m in history]
+    assert kept.test_accuracy == accuracy(model, test)  # the model holds the kept weights
+
+
+def test_a_run_stopped_by_its_callback_gets_its_kept_epochs_test_accuracy():
+    torch.manual_seed(0)
+    train, val, test = separable(seed=0), separable(seed=1), separable(seed=2)
+    model = MLP((1, 2, 2), [16], 2)
+
+    def prune_after_three(history):
+        if len(history) == 3:
+            raise RuntimeError("pruned")
+
+    member = Member(model, torch.optim.SGD(model.parameters(), lr=3.0),
+                    RandomStreams.from_seed(0, torch.device("cpu")), prune_after_three)
+    fit([member], Splits(train, val, test), epochs=6, batch_size=32, progress=False,
+        test_each_epoch=False)
+    assert str(member.ended) == "pruned" and len(member.history) == 3
+    kept = best_epoch(member.history)
+    reference = MLP((1, 2, 2), [16], 2)
+    reference.load_state_dict(member.best_weights)
+    assert kept.test_accuracy == accuracy(reference, test)
+    assert sum(m.test_accuracy is not None for m in member.history) == 1
+
+
+def test_without_validation_the_test_set_is_read_every_epoch_whatever_is_asked():
+    torch.manual_seed(0)
+    split = separable()
+    model = MLP((1, 2, 2), [16], 2)
+    history = fit_model(model, torch.optim.SGD(model.parameters(), lr=0.1), Splits(split, None, split),
+                        epochs=3, batch_size=64, seed=0, test_each_epoch=False)
+    assert all(m.test_accuracy is not None for m in history)
 
 
 def test_without_validation_the_last_epoch_is_kept_and_the_test_set_never_chooses():

@@ -64,6 +64,10 @@ def test_each_member_of_a_stack_trains_as_its_single_run(tmp_path, small_root):
         assert_same_run(tmp_path / f"fused{name}", tmp_path / f"single{name}")
         summary = json.loads((tmp_path / f"fused{name}" / "metrics.json").read_text())
         assert summary["trained_with"] == [n for n in OWN if n != name]
+        # The objective is the validation accuracy: the test set is read once, for the epoch kept
+        tested = [e["epoch"] for e in summary["epochs"] if e["test_accuracy"] is not None]
+        assert tested == [summary["best_epoch"]]
+        assert summary["test_accuracy"] == summary["epochs"][tested[0] - 1]["test_accuracy"] > 0.5
 
 
 def test_members_with_dropout_and_augmentation_train_as_their_single_runs(tmp_path, small_root):
@@ -88,6 +92,10 @@ def test_members_with_dropout_and_augmentation_train_as_their_single_runs(tmp_pa
     with pytest.raises(optuna.TrialPruned):
         train_run(cfgs[1], tmp_path / "single1", on_epoch=prune_after_epoch_1)
     assert_same_epochs(tmp_path / "fused1", tmp_path / "single1")
+    pruned = json.loads((tmp_path / "fused1" / "metrics.json").read_text())
+    assert pruned["test_accuracy"] == pytest.approx(
+        json.loads((tmp_path / "single1" / "metrics.json").read_text())["test_accuracy"], abs=0.002)
+    assert pruned["test_accuracy"] > 0.5  # read for the pruned run's kept weights
 
 
 def test_a_member_pruned_or_diverged_ends_alone_and_the_others_go_on(tmp_path, small_root):

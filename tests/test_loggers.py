@@ -355,14 +355,18 @@ def test_a_two_trial_search_reads_back_in_every_tracker(tmp_path, mnist_root, mo
         assert float(run["params.optimizer.lr"]) == trial.params["optimizer.lr"]
         assert json.loads(run["params.model.hidden_sizes"]) == \
             json.loads(trial.params["model.hidden_sizes"])
+        # It chooses on validation: the test set is read once, for the epoch kept
+        assert [e["epoch"] for e in epochs if e["test_accuracy"] is not None] == \
+            [json.loads((run_dir / "metrics.json").read_text())["best_epoch"]]
         for name in MEASURED:
             assert metric_history(tracking, run["run_id"], name) == [
-                (e["epoch"], e[name]) for e in epochs]
+                (e["epoch"], e[name]) for e in epochs if e[name] is not None]
 
         events = tensorboard_events(run_dir / "tensorboard")
         for name in MEASURED:
             assert [(s.step, s.value) for s in events.Scalars(name)] == [
-                (e["epoch"], pytest.approx(e[name], rel=1e-6)) for e in epochs]
+                (e["epoch"], pytest.approx(e[name], rel=1e-6)) for e in epochs
+                if e[name] is not None]
         assert [s.value for s in events.Scalars("objective")] == [pytest.approx(trial.value)]
         start, end = hparams_records(events)
         assert start.hparams["optimizer.lr"].number_value == trial.params["optimizer.lr"]
@@ -373,15 +377,21 @@ def test_a_two_trial_search_reads_back_in_every_tracker(tmp_path, mnist_root, mo
         assert (written["run"].run_group, written["run"].display_name) == (
             "course_mnist", str(trial.number))
         assert written["config"]["optimizer.lr"] == trial.params["optimizer.lr"]
-        assert written["history"] == {e["epoch"]: {name: e[name] for name in MEASURED}
-                                      for e in epochs}
+        # W&B's steps only go forward: the kept epoch's test accuracy is in its summary
+        assert written["history"] == {e["epoch"]: {name: e[name] for name in MEASURED
+                                                   if name != "test_accuracy"} for e in epochs}
         assert written["summary"]["objective"] == trial.value
+        assert written["summary"]["test_accuracy"] == \
+            json.loads((run_dir / "metrics.json").read_text())["test_accuracy"]
         assert (written["summary"]["state"], written["exit_code"]) == ("completed", 0)
 
         rows = csv_rows(run_dir / "metrics.csv")
+        # Each row is written as its epoch ends, before the test set is read for the kept one
+        assert [row.pop("test_accuracy") for row in rows] == ["", ""]
         # metrics.json also says when each epoch ended; the trackers have their own clocks.
         assert [{k: float(v) for k, v in row.items()} for row in rows] == [
-            {k: v for k, v in e.items() if k != "ended_at"} for e in epochs]
+            {k: v for k, v in e.items() if k not in ("test_accuracy", "ended_at")}
+            for e in epochs]
 
 
 @pytest.mark.slow

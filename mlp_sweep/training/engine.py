@@ -37,7 +37,7 @@ class EpochMetrics:
     train_loss: float
     train_accuracy: float
     val_accuracy: float | None
-    test_accuracy: float
+    test_accuracy: float | None  # None: not read this epoch (fit's test_each_epoch)
     epoch_time_s: float
 
 
@@ -101,6 +101,7 @@ def fit(
     augment: Callable[..., torch.Tensor] | None = None,
     patience: int = 0,
     dtype: torch.dtype = torch.float32,
+    test_each_epoch: bool = True,
 ) -> None:
     """Train the members together for up to `epochs`, evaluating after each; each member's
     `on_epoch` gets its history so far after every epoch (and may raise to stop it, as a pruned
@@ -113,7 +114,13 @@ def fit(
     (precision.py); evaluation is always float32. A member with `resume` goes on after that
     state's epochs, which its `on_epoch` gets again first; members that share a stack were
     stopped after the same epoch (run.py decides what stacks).
+
+    With `test_each_epoch` False and a validation split, the test set is read once per member,
+    for the weights it keeps, when it ends (trained to its end, stopped by its callback): the
+    kept epoch's `test_accuracy`; the other epochs have None. Evaluation is a fifth to a third
+    of a small model's epoch: a search whose objective is the validation accuracy saves it.
     """
+    test_each_epoch = test_each_epoch or splits.val is None
     for member in members:
         use_dropout_stream(member.model, member.streams.dropout)
         if member.resume is not None:
@@ -126,6 +133,8 @@ def fit(
     for member in members:  # the epochs it goes on after, told again
         for done in range(1, len(member.history) + 1):
             if not _tell(member, member.history[:done]):
+                if not test_each_epoch:
+                    _test_kept(member, splits.test)
                 break
     active = [m for m in members if m.ended is None]
     if active and len(active) < len(members):
@@ -143,7 +152,7 @@ def fit(
                 member.schedule.scheduler.step()
         epoch_time = time.perf_counter() - start
         val = evaluate(computation, splits.val) if splits.val is not None else None
-        test = evaluate(computation, splits.test)
+        test = evaluate(computation, splits.test) if test_each_epoch else [None] * len(active)
         done = []
         for i, member in enumerate(active):
             if i in diverged:
@@ -158,9 +167,13 @@ def fit(
                 member.best_weights = computation.weights_of(i)
             if not _tell(member, member.history):
                 done.append(i)
+                if not test_each_epoch:
+                    _test_kept(member, splits.test)
             elif run_ends_after(member.history, epochs, patience):
                 _finish(computation, i, member)
                 done.append(i)
+                if not test_each_epoch:
+                    _test_kept(member, splits.test)
             elif member.checkpoints is not None:
                 member.checkpoints.save(state_after(computation, i, member, dtype))
         if done:
@@ -169,6 +182,8 @@ def fit(
                 computation.keep([i for i in range(computation.size) if i not in done])
     for i, member in enumerate(active):
         _finish(computation, i, member)
+        if not test_each_epoch:
+            _test_kept(member, splits.test)
 
 
 def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, epochs: int,
@@ -219,6 +234,15 @@ def _finish(computation: Computation, index: int, member: Member) -> None:
     if member.best_weights is not None and kept is not member.history[-1]:
         member.model.load_state_dict(member.best_weights)
     member.finished = True
+
+
+def _test_kept(member: Member, test: Split) -> None:
+    """Read the test set for the weights the member keeps (its best validation epoch's, which
+    its model holds from then on) and record it on that epoch."""
+    if member.best_weights is None:  # no epoch ended
+        return
+    member.model.load_state_dict(member.best_weights)
+    best_epoch(member.history).test_accuracy = evaluate(member.model, test)[0]
 
 
 def state_after(computation: Computation, index: int, member: Member, dtype: torch.dtype

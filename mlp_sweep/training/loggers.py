@@ -103,6 +103,12 @@ class Trackers:
         for tracker in self.trackers:
             tracker.log_epoch(metrics)
 
+    def log_kept_test(self, epoch: int, accuracy: float) -> None:
+        """The test accuracy of the epoch the run keeps, read once when it ended (a run that
+        chooses on validation: engine.fit's test_each_epoch)."""
+        for tracker in self.trackers:
+            tracker.log_kept_test(epoch, accuracy)
+
     def finish(self, objective: float | None, state: str) -> None:
         """End each tracker's run: `state` is completed, pruned or failed; `objective` is the
         value the run returns (None when it did not complete)."""
@@ -122,6 +128,9 @@ class Tracker:
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         raise NotImplementedError
+
+    def log_kept_test(self, epoch: int, accuracy: float) -> None:
+        pass  # a tracker with nowhere to put a metric after its epochs (CSV's rows are written)
 
     def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
         raise NotImplementedError
@@ -157,6 +166,9 @@ class TensorBoardTracker(Tracker):
         for tag, value in epoch_values(metrics).items():
             self.writer.add_scalar(tag, value, metrics.epoch)
         self.writer.flush()  # a killed run keeps its curve (the writer flushes every 2 min)
+
+    def log_kept_test(self, epoch: int, accuracy: float) -> None:
+        self.writer.add_scalar("test_accuracy", accuracy, epoch)
 
     def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
@@ -234,6 +246,9 @@ class MLflowTracker(Tracker):
         self.client.log_batch(self.run_id, metrics=[Metric(key, value, now_ms, metrics.epoch)
                                                      for key, value in values.items()])
 
+    def log_kept_test(self, epoch: int, accuracy: float) -> None:
+        self.client.log_metric(self.run_id, "test_accuracy", accuracy, step=epoch)
+
     def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
         if objective is not None:
             self.client.log_metric(self.run_id, "objective", objective, step=last_epoch)
@@ -282,6 +297,9 @@ class WandbTracker(Tracker):
 
     def log_epoch(self, metrics: EpochMetrics) -> None:
         self.run.log(epoch_values(metrics), step=metrics.epoch)
+
+    def log_kept_test(self, epoch: int, accuracy: float) -> None:
+        self.run.summary["test_accuracy"] = accuracy  # W&B's steps only go forward
 
     def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
         if objective is not None:

@@ -205,6 +205,8 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
     for prepared in stack:
         prepared.trained_with = [n for n in names if n != prepared.run.name]
         prepared.dtype = dtype
+    # A run that chooses on validation reads the test set once, for its kept weights (engine.fit)
+    test_each_epoch = any(p.run.cfg.objective == "test_accuracy" for p in stack)
     started: list[_Prepared] = []
     try:
         for prepared in stack:
@@ -213,8 +215,10 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
         fit([p.member for p in stack], first.splits, cfg.trainer.epochs, cfg.trainer.batch_size,
             progress=show_bars(cfg.trainer.get("progress", "auto")),
             augment=first.training.augment, patience=cfg.trainer.get("early_stopping") or 0,
-            dtype=dtype)
+            dtype=dtype, test_each_epoch=test_each_epoch)
     except BaseException as error:  # the loop failed or was interrupted: every unfinished run
+        if not test_each_epoch:
+            _record_kept_test(stack, started)
         outcomes = {p.run.name: _completed(p) for p in stack if p.member.finished}
         outcomes |= {p.run.name: _ended(p.run, p.record, p.trackers if p in started else None,
                                         p.member.ended or error, p.member.checkpoints)
@@ -222,9 +226,25 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
         if not isinstance(error, Exception):
             raise
         return outcomes
+    if not test_each_epoch:
+        _record_kept_test(stack, stack)
     return {p.run.name: _completed(p) if p.member.finished else
             _ended(p.run, p.record, p.trackers, p.member.ended, p.member.checkpoints)
             for p in stack}
+
+
+def _record_kept_test(stack: list[_Prepared], tracked: list[_Prepared]) -> None:
+    """metrics.json again and the trackers (those `tracked` started), now that each run's kept
+    epoch has its test accuracy (read when the run ended)."""
+    for prepared in stack:
+        history = prepared.member.history
+        if not history:
+            continue
+        if prepared.record:
+            prepared.record.metrics(metrics_summary(prepared, history))
+        kept = best_epoch(history)
+        if prepared in tracked and kept.test_accuracy is not None:
+            prepared.trackers.log_kept_test(kept.epoch, kept.test_accuracy)
 
 
 def _built(prepared: _Prepared) -> str:
@@ -266,9 +286,11 @@ def _after_epoch(prepared: _Prepared) -> Callable[[list[EpochMetrics]], None]:
             prepared.ended_at.append(time.time())
             who = f"trial {run.name} " if prepared.trained_with else ""
             val = "" if metrics.val_accuracy is None else f"  val_acc {metrics.val_accuracy:.2%}"
+            test = "" if metrics.test_accuracy is None else \
+                f"  test_acc {metrics.test_accuracy:.2%}"
             log.info(f"{who}epoch {metrics.epoch}/{cfg.trainer.epochs}  train_loss "
-                     f"{metrics.train_loss:.4f}  train_acc {metrics.train_accuracy:.2%}{val}  "
-                     f"test_acc {metrics.test_accuracy:.2%}  {metrics.epoch_time_s:.2f} s")
+                     f"{metrics.train_loss:.4f}  train_acc {metrics.train_accuracy:.2%}{val}"
+                     f"{test}  {metrics.epoch_time_s:.2f} s")
         if prepared.record:
             prepared.record.metrics(metrics_summary(prepared, history))
         if not replayed:
