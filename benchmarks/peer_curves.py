@@ -38,7 +38,7 @@ class Trial:
 @dataclass
 class Best:
     val_accuracy: float
-    test_accuracy: float  # that epoch's test accuracy: reported, never chosen on
+    test_accuracy: float | None  # that epoch's test accuracy: reported, never chosen on
     epoch: int
     run_dir: str
     params: list[str]

@@ -319,16 +319,9 @@ class Benchmark:
         if args.resume:
             self.report = resumed(self.path("json"), self.report)
 
-    def run(self) -> None:
-        if self.whole and "targets" not in self.report:
-            self.report["targets"] = self.recipe_targets()
-            self.save()
-        methods = self.report["methods"]
-        done = {m: {int(s) for s in method["searches"]} for m, method in methods.items()}
-        unrefitted = {m for m in self.seeds if methods[m]["searches"] and not methods[m]["refit"]}
-        queue, running = plan(self.seeds, done, unrefitted), []
-        # whole machine: one job at a time, on every core
-        free_cpus = [None] if self.whole else sorted(os.sched_getaffinity(0))[:self.args.slots]
+    def run_queue(self, queue: list[Job], running: list, free_cpus: list[int | None]) -> None:
+        """Start the queue's jobs as cores free up and record each as it ends; `running` holds
+        those under way (job, cpu, process, start), for the caller to stop if it is stopped."""
         closed = False  # --max-minutes: the next job cannot end within the part
         while (queue and not closed) or running:
             while not closed and free_cpus and (job := next_job(queue, [r[0] for r in running])):
@@ -357,6 +350,24 @@ class Benchmark:
                 running.remove(entry)
                 free_cpus.append(cpu)
                 self.save()
+
+    def run(self) -> None:
+        if self.whole and "targets" not in self.report:
+            self.report["targets"] = self.recipe_targets()
+            self.save()
+        methods = self.report["methods"]
+        done = {m: {int(s) for s in method["searches"]} for m, method in methods.items()}
+        unrefitted = {m for m in self.seeds if methods[m]["searches"] and not methods[m]["refit"]}
+        queue, running = plan(self.seeds, done, unrefitted), []
+        # whole machine: one job at a time, on every core
+        free_cpus = [None] if self.whole else sorted(os.sched_getaffinity(0))[:self.args.slots]
+        # A stopped race (Ctrl-C, a kill) stops the search it runs, every process by its id
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        try:
+            self.run_queue(queue, running, free_cpus)
+        finally:
+            for job, _, process, _ in running:
+                stop(process, job.name)
         if not queue:
             print(f"{datetime.now():%H:%M:%S} nothing left to run: every search and refit is in "
                   f"{self.path('json')}", flush=True)

@@ -155,6 +155,26 @@ def test_a_run_stopped_by_its_callback_gets_its_kept_epochs_test_accuracy():
     assert sum(m.test_accuracy is not None for m in member.history) == 1
 
 
+def test_a_diverged_run_gets_the_test_accuracy_of_its_best_epoch_before_the_nan():
+    torch.manual_seed(0)
+    train, val, test = separable(seed=0), separable(seed=1), separable(seed=2)
+    model = MLP((1, 2, 2), [16], 2)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+
+    def blow_up_after_two(history):
+        if len(history) == 2:
+            optimizer.param_groups[0]["lr"] = 1e38
+
+    member = Member(model, optimizer, RandomStreams.from_seed(0, torch.device("cpu")),
+                    blow_up_after_two)
+    fit([member], Splits(train, val, test), epochs=6, batch_size=32, progress=False,
+        test_each_epoch=False)
+    assert isinstance(member.ended, DivergedError) and len(member.history) == 2
+    reference = MLP((1, 2, 2), [16], 2)
+    reference.load_state_dict(member.best_weights)
+    assert best_epoch(member.history).test_accuracy == accuracy(reference, test) > 0.5
+
+
 def test_without_validation_the_test_set_is_read_every_epoch_whatever_is_asked():
     torch.manual_seed(0)
     split = separable()

@@ -138,21 +138,23 @@ def _learning_curves(comparison: Comparison, path: Path) -> Path:
 
 
 def learning_curves_figure(comparison: Comparison) -> Figure:
-    """Accuracy and training loss per epoch of the top rows; the caller saves or closes it. The
-    test accuracy where every epoch has one; else the validation accuracy (a run that chooses
-    on validation reads the test set once, for the epoch it keeps)."""
+    """Accuracy and training loss per epoch of the top rows; the caller saves or closes it. A
+    run's test accuracy where it has one every epoch; else its validation accuracy (a run that
+    chooses on validation reads the test set once, for the epoch it keeps)."""
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(12, 4.5))
     rows = [row for row in comparison.rows if row.first.metrics][:TOP_CURVES]
-    curves = [row.first.metrics.get("epochs", []) for row in rows]
-    key = "test_accuracy" if all(e.get("test_accuracy") is not None
-                                 for epochs in curves for e in epochs) else "val_accuracy"
-    for rank, (row, epochs) in enumerate(zip(rows, curves), 1):
+    names = set()
+    for rank, row in enumerate(rows, 1):
+        epochs = row.first.metrics.get("epochs", [])
+        tested = all(e.get("test_accuracy") is not None for e in epochs)
+        key, name = ("test_accuracy", "test") if tested else ("val_accuracy", "validation")
+        names.add(name)
         x = [e["epoch"] for e in epochs]
         label = f"#{rank} {_label(row)}"
-        acc_ax.plot(x, [100 * e[key] if e.get(key) is not None else math.nan for e in epochs],
-                    marker="o", label=label)
+        acc_ax.plot(x, [100 * e[key] for e in epochs], marker="o",
+                    label=label if tested else f"{label} (validation)")
         loss_ax.plot(x, [e["train_loss"] for e in epochs], marker="o", label=label)
-    name = key.removesuffix("_accuracy").replace("val", "validation")
+    name = " or ".join(sorted(names, reverse=True)) or "test"
     acc_ax.set(title=f"{name.capitalize()} accuracy per epoch (top {len(rows)} runs)",
                xlabel="epoch", ylabel=f"{name} accuracy (%)")
     loss_ax.set(title="Training loss per epoch (log scale)", xlabel="epoch",

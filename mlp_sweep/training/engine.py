@@ -90,6 +90,7 @@ class Member:
     best_weights: dict[str, torch.Tensor] | None = None  # its best validation epoch's
     ended: BaseException | None = None  # why it stopped before its end (pruned, diverged)
     finished: bool = False  # trained to its end: its model holds the weights it keeps
+    kept_test_read: bool = False  # the test set was read at its end, for its kept epoch
 
 
 def fit(
@@ -116,8 +117,9 @@ def fit(
     stopped after the same epoch (run.py decides what stacks).
 
     With `test_each_epoch` False and a validation split, the test set is read once per member,
-    for the weights it keeps, when it ends (trained to its end, stopped by its callback): the
-    kept epoch's `test_accuracy`; the other epochs have None. Evaluation is a fifth to a third
+    for the weights it keeps, when it ends (trained to its end, stopped by its callback or its
+    divergence; a caller whose callback raises what is no Exception calls `read_kept_test`
+    itself): the kept epoch's `test_accuracy`; the other epochs have None. Evaluation is a fifth to a third
     of a small model's epoch: a search whose objective is the validation accuracy saves it.
     """
     test_each_epoch = test_each_epoch or splits.val is None
@@ -133,8 +135,7 @@ def fit(
     for member in members:  # the epochs it goes on after, told again
         for done in range(1, len(member.history) + 1):
             if not _tell(member, member.history[:done]):
-                if not test_each_epoch:
-                    _test_kept(member, splits.test)
+                read_kept_test(member, splits.test)
                 break
     active = [m for m in members if m.ended is None]
     if active and len(active) < len(members):
@@ -158,6 +159,7 @@ def fit(
             if i in diverged:
                 member.ended = diverged[i]
                 done.append(i)
+                read_kept_test(member, splits.test)  # its best epoch's weights, before the NaN
                 continue
             member.history.append(EpochMetrics(
                 epoch=epoch, train_loss=losses[i], train_accuracy=accuracies[i],
@@ -167,13 +169,11 @@ def fit(
                 member.best_weights = computation.weights_of(i)
             if not _tell(member, member.history):
                 done.append(i)
-                if not test_each_epoch:
-                    _test_kept(member, splits.test)
+                read_kept_test(member, splits.test)
             elif run_ends_after(member.history, epochs, patience):
                 _finish(computation, i, member)
                 done.append(i)
-                if not test_each_epoch:
-                    _test_kept(member, splits.test)
+                read_kept_test(member, splits.test)
             elif member.checkpoints is not None:
                 member.checkpoints.save(state_after(computation, i, member, dtype))
         if done:
@@ -182,8 +182,7 @@ def fit(
                 computation.keep([i for i in range(computation.size) if i not in done])
     for i, member in enumerate(active):
         _finish(computation, i, member)
-        if not test_each_epoch:
-            _test_kept(member, splits.test)
+        read_kept_test(member, splits.test)
 
 
 def fit_model(model: nn.Module, optimizer: torch.optim.Optimizer, splits: Splits, epochs: int,
@@ -236,13 +235,15 @@ def _finish(computation: Computation, index: int, member: Member) -> None:
     member.finished = True
 
 
-def _test_kept(member: Member, test: Split) -> None:
-    """Read the test set for the weights the member keeps (its best validation epoch's, which
-    its model holds from then on) and record it on that epoch."""
-    if member.best_weights is None:  # no epoch ended
-        return
+def read_kept_test(member: Member, test: Split) -> None:
+    """Once a member has ended: read the test set for the weights it keeps (its best validation
+    epoch's, which its model holds from then on) and record it on that epoch, unless that epoch
+    has it (read after every epoch; a resume that changed the objective replays epochs without)."""
+    if member.best_weights is None or best_epoch(member.history).test_accuracy is not None:
+        return  # no validation split (the test set was read every epoch), or no epoch ended
     member.model.load_state_dict(member.best_weights)
     best_epoch(member.history).test_accuracy = evaluate(member.model, test)[0]
+    member.kept_test_read = True
 
 
 def state_after(computation: Computation, index: int, member: Member, dtype: torch.dtype

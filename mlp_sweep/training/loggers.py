@@ -105,9 +105,14 @@ class Trackers:
 
     def log_kept_test(self, epoch: int, accuracy: float) -> None:
         """The test accuracy of the epoch the run keeps, read once when it ended (a run that
-        chooses on validation: engine.fit's test_each_epoch)."""
+        chooses on validation: engine.fit's test_each_epoch). A tracker that cannot take it
+        warns: the run's own record has it, and the run ends as it trained."""
         for tracker in self.trackers:
-            tracker.log_kept_test(epoch, accuracy)
+            try:
+                tracker.log_kept_test(epoch, accuracy)
+            except Exception as error:
+                log.warning(f"{tracker.name}: could not log the test accuracy: "
+                            f"{type(error).__name__}: {error} <logger.{tracker.name}>")
 
     def finish(self, objective: float | None, state: str) -> None:
         """End each tracker's run: `state` is completed, pruned or failed; `objective` is the
@@ -169,6 +174,7 @@ class TensorBoardTracker(Tracker):
 
     def log_kept_test(self, epoch: int, accuracy: float) -> None:
         self.writer.add_scalar("test_accuracy", accuracy, epoch)
+        self.writer.flush()
 
     def finish(self, objective: float | None, state: str, last_epoch: int) -> None:
         from tensorboard.compat.proto.summary_pb2 import Summary
