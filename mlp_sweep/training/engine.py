@@ -117,9 +117,10 @@ def fit(
     stopped after the same epoch (run.py decides what stacks).
 
     With `test_each_epoch` False and a validation split, the test set is read once per member,
-    for the weights it keeps, when it ends (trained to its end, stopped by its callback or its
-    divergence; a caller whose callback raises what is no Exception calls `read_kept_test`
-    itself): the kept epoch's `test_accuracy`; the other epochs have None. Evaluation is a fifth to a third
+    for the weights it keeps, when it ends (trained to its end, stopped by an Exception from its
+    callback, diverged): the kept epoch's `test_accuracy`; the other epochs have None. What is
+    no Exception (Ctrl-C; SystemExit, as Ray Tune stops a trial) ends the loop at once, unread:
+    a caller that stops a run that way may kill it moments later. Evaluation is a fifth to a third
     of a small model's epoch: a search whose objective is the validation accuracy saves it.
     """
     test_each_epoch = test_each_epoch or splits.val is None

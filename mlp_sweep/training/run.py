@@ -26,8 +26,7 @@ from mlp_sweep.training.checkpoint import CheckpointCopy, Checkpoints, checkpoin
 from mlp_sweep.training.config import validate
 from mlp_sweep.training.data import Split, Splits, load_splits
 from mlp_sweep.training.devices import cpu_threads, resolve_device
-from mlp_sweep.training.engine import (EpochMetrics, Member, RandomStreams, best_epoch, fit,
-                                       read_kept_test)
+from mlp_sweep.training.engine import EpochMetrics, Member, RandomStreams, best_epoch, fit
 from mlp_sweep.training.loggers import Trackers
 from mlp_sweep.training.model import parameter_count
 from mlp_sweep.training.precision import precision_name, training_dtype
@@ -218,8 +217,6 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
             augment=first.training.augment, patience=cfg.trainer.get("early_stopping") or 0,
             dtype=dtype, test_each_epoch=test_each_epoch)
     except BaseException as error:  # the loop failed or was interrupted: every unfinished run
-        if not isinstance(error, KeyboardInterrupt):  # a caller's stop (Ray Tune's SystemExit)
-            _read_kept_tests([p for p in stack if not p.member.finished])
         _record_kept_test(stack, started)
         outcomes = {p.run.name: _completed(p) for p in stack if p.member.finished}
         outcomes |= {p.run.name: _ended(p.run, p.record, p.trackers if p in started else None,
@@ -232,17 +229,6 @@ def _train_stack(stack: list[_Prepared]) -> dict[int | str, Outcome]:
     return {p.run.name: _completed(p) if p.member.finished else
             _ended(p.run, p.record, p.trackers, p.member.ended, p.member.checkpoints)
             for p in stack}
-
-
-def _read_kept_tests(stopped: list[_Prepared]) -> None:
-    """The kept epoch's test accuracy of runs the loop left when it raised; a failure to read it
-    is a warning, not what the runs ended with."""
-    for prepared in stopped:
-        try:
-            read_kept_test(prepared.member, prepared.splits.test)
-        except Exception as error:
-            log.warning(f"could not read the test set for run {prepared.run.name}'s kept epoch: "
-                        f"{type(error).__name__}: {error}")
 
 
 def _record_kept_test(stack: list[_Prepared], tracked: list[_Prepared]) -> None:
