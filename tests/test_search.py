@@ -94,7 +94,7 @@ def test_timeout_stops_asking_for_trials_and_a_rerun_adds_to_the_study(tmp_path,
     # The budget is per command: running it again adds trials to the same study.
     again = run_here("--multirun", "hparams_search=optuna_course", f"dataset.root={mnist_root}",
                      f"hydra.sweeper.storage={storage}", "hydra.sweeper.n_trials=500",
-                     "hydra.sweeper.timeout=2", "trainer.epochs=1", *SMALL, cwd=tmp_path)
+                     "hydra.sweeper.timeout=5", "trainer.epochs=1", *SMALL, cwd=tmp_path)
     assert again.returncode == 0, again.stderr
     assert len(load_study("course_mnist", storage).trials) > len(trials)
 

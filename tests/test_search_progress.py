@@ -84,8 +84,8 @@ def test_on_a_terminal_the_bar_runs_over_the_budget_with_the_best_so_far(tmp_pat
 @pytest.mark.parametrize("storage", [True, False])
 def test_at_the_budget_the_running_trial_is_pruned_at_its_next_report(tmp_path, storage):
     with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path) if storage else 'null'}",
-               "hydra.sweeper.timeout=1", "hydra.sweeper.on_timeout=prune",
-               "steps=200", "step_seconds=0.02"):  # a trial of 4 s
+               "hydra.sweeper.timeout=3", "hydra.sweeper.on_timeout=prune",
+               "steps=300", "step_seconds=0.02"):  # a trial of 6 s; 3 s hold a loaded set-up
         logged = (tmp_path / "sweep" / "sweep.log").read_text()
         trials = study_of(tmp_path).trials if storage else None
     assert progress_lines(logged)[0].startswith("trial 0 PRUNED")
@@ -94,16 +94,16 @@ def test_at_the_budget_the_running_trial_is_pruned_at_its_next_report(tmp_path, 
     if storage:
         (trial,) = trials
         assert trial.state == TrialState.PRUNED and trial.user_attrs["pruned_by"] == "budget"
-        assert 0 < len(trial.intermediate_values) < 200  # stopped at a report, past the first
+        assert 0 < len(trial.intermediate_values) < 300  # stopped at a report, past the first
 
 
 def test_with_finish_the_running_trial_completes_past_the_budget(tmp_path):
     with sweep(tmp_path, f"hydra.sweeper.storage={storage_of(tmp_path)}",
-               "hydra.sweeper.timeout=1", "hydra.sweeper.on_timeout=finish",
-               "steps=100", "step_seconds=0.02"):  # a trial of 2 s
+               "hydra.sweeper.timeout=3", "hydra.sweeper.on_timeout=finish",
+               "steps=100", "step_seconds=0.05"):  # a trial of 5 s; 3 s hold a loaded set-up
         (trial,) = study_of(tmp_path).trials
     assert trial.state == TrialState.COMPLETE and len(trial.intermediate_values) == 100
-    assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 1
+    assert (trial.datetime_complete - trial.datetime_start).total_seconds() > 3
 
 
 @pytest.mark.parametrize("fuse", [1, 8])  # trials alone, and 8 trained as one stack per job
