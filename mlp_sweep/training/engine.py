@@ -240,11 +240,13 @@ def read_kept_test(member: Member, test: Split) -> None:
     """Once a member has ended: read the test set for the weights it keeps (its best validation
     epoch's, which its model holds from then on) and record it on that epoch, unless that epoch
     has it (read after every epoch; a resume that changed the objective replays epochs without)."""
-    if member.best_weights is None or best_epoch(member.history).test_accuracy is not None:
+    if member.best_weights is None:
         return  # no validation split (the test set was read every epoch), or no epoch ended
-    member.model.load_state_dict(member.best_weights)
-    best_epoch(member.history).test_accuracy = evaluate(member.model, test)[0]
-    member.kept_test_read = True
+    kept = best_epoch(member.history)
+    if kept.test_accuracy is None:
+        member.model.load_state_dict(member.best_weights)
+        kept.test_accuracy = evaluate(member.model, test)[0]
+        member.kept_test_read = True
 
 
 def state_after(computation: Computation, index: int, member: Member, dtype: torch.dtype
