@@ -15,6 +15,7 @@ from pathlib import Path
 
 import optuna
 import pytest
+import sqlalchemy
 import yaml
 from optuna.trial import TrialState
 
@@ -44,19 +45,33 @@ def trials_of(storage: str, name: str = "course_mnist") -> list:
 def test_resume_after_kill_9_keeps_every_finished_trial_and_goes_on_with_the_killed_one(
         tmp_path, mnist_root):
     storage, n_trials = f"sqlite:///{tmp_path}/optuna.db", 6
+    # One process, frozen while the test checks it is in a trial's third epoch: killed there, not
+    # in the moment after (a loaded machine may let two epochs pass between the check and the kill;
+    # killing a search command's workers is test_machine_workers' and test_worker_liveness').
     args = sweep_args(mnist_root, storage, n_trials, "trainer.epochs=4", "dataset.train_limit=6000",
-                      "hydra/sweeper/pruner=none", "hydra.sweeper.fuse=1")
+                      "hydra/sweeper/pruner=none", "hydra.sweeper.fuse=1", "hydra.sweeper.workers=1")
     first = subprocess.Popen([sys.executable, "-m", "mlp_sweep.train", *args], cwd=tmp_path,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:  # kill it in a trial's third epoch: its first one checkpointed
-        trials = trials_of(storage) if study_exists(tmp_path / "optuna.db") else []
+
+    def in_third_epoch() -> bool:  # two trials done, one reported its first two epochs
+        try:
+            trials = trials_of(storage) if study_exists(tmp_path / "optuna.db") else []
+        except sqlalchemy.exc.OperationalError:  # frozen while it held the database's lock
+            return False
         complete = [t for t in trials if t.state == TrialState.COMPLETE]
         running = [t for t in trials if t.state == TrialState.RUNNING
                    and len(t.intermediate_values) >= 2]
-        if len(complete) >= 2 and running:
-            break
+        return len(complete) >= 2 and bool(running)
+
+    deadline, frozen = time.time() + 240, False
+    while not frozen and time.time() < deadline:
+        if in_third_epoch():
+            os.kill(first.pid, signal.SIGSTOP)
+            frozen = in_third_epoch()
+            if not frozen:
+                os.kill(first.pid, signal.SIGCONT)
         time.sleep(0.05)
+    assert frozen, "the sweep never had two trials done and a third in its third epoch"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
     before = {t.number: t for t in trials_of(storage) if t.state == TrialState.COMPLETE}
