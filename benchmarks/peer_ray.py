@@ -8,7 +8,7 @@ or with --cpus N on an N-CPU cluster, N trials side by side, each given one CPU
 With --head-start the preset's recipe is the first point (OptunaSearch's `points_to_evaluate`).
 
 The trainable is the project's own training (`peer_trials.run_trial`), reporting to Tune after
-every epoch through the training API's per-epoch callback. Trials go to OUT/trials/TRIAL_ID/.
+every epoch through the training API's per-epoch callback (the last one once the run has ended). Trials go to OUT/trials/TRIAL_ID/.
 """
 
 import ray
@@ -33,8 +33,21 @@ def main() -> None:
 
     def trainable(params: dict) -> None:
         run_dir = search.out / "trials" / tune.get_context().get_trial_id()
-        run_trial(run_dir, params, overrides, on_epoch=lambda metrics: tune.report(
-            {"val_accuracy": metrics.val_accuracy, "epoch": metrics.epoch}))
+        last: list[dict] = []
+
+        def report(metrics) -> None:
+            result = {"val_accuracy": metrics.val_accuracy, "epoch": metrics.epoch}
+            # Ray ends a trial inside the report that reaches max_t (sys.exit): the last epoch is
+            # reported once the run has ended, so that it reads the test set for the weights it
+            # keeps, as the other methods' trials that train every epoch do.
+            if metrics.epoch < search.max_epochs:
+                tune.report(result)
+            else:
+                last.append(result)
+
+        run_trial(run_dir, params, overrides, on_epoch=report)
+        if last:
+            tune.report(last[0])
 
     ray.init(num_cpus=search.cpus, include_dashboard=False, log_to_driver=False,
              configure_logging=False)
