@@ -629,9 +629,13 @@ def summarise(report: dict) -> dict:
         if report.get("mode") == "whole machine":
             rows |= whole_machine_rows(report, list(by_seed.values()))
         summary[name] = rows
+    # Ranked: the methods that have run every seed planned for them, over the seeds they share;
+    # a method still short of seeds (a race run in parts) is ranked once it has them all
+    ranked = {name: by_seed for name, by_seed in searches.items()
+              if {str(seed) for seed in report["seeds"].get(name, [])} <= set(by_seed)}
     for at_s in report["checkpoints_s"]:
         values = {name: {seed: (b.val_accuracy if (b := best_by(trials, at_s)) else None)
-                         for seed, trials in by_seed.items()} for name, by_seed in searches.items()}
+                         for seed, trials in by_seed.items()} for name, by_seed in ranked.items()}
         for name, rank in mean_ranks(values).items():
             summary[name][at_s]["mean_rank"] = rank
     return summary
@@ -698,8 +702,9 @@ def markdown(report: dict) -> str:
 def best_table(report: dict, summary: dict) -> list[str]:
     """The best so far at each checkpoint, with its rank, trials and epochs."""
     lines = ["Best validation accuracy so far, median (min–max) over seeds, with the trials run and "
-             "epochs trained by then (medians), and the mean rank among the methods over the seeds "
-             "all of them ran (1 = best):", "",
+             "epochs trained by then (medians), and the mean rank (1 = best) among the methods that "
+             "have run all their seeds, over the seeds they share (none yet for a method short "
+             "of seeds):", "",
              "| method | seeds | " + " | ".join(minutes(s) for s in report["checkpoints_s"]) + " |",
              "| --- | ---: |" + " ---: |" * len(report["checkpoints_s"])]
     for name, rows in summary.items():

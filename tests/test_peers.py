@@ -466,3 +466,11 @@ def test_the_whole_machine_table_names_its_commands_targets_and_core_time(tmp_pa
     assert "| ours | 0 | 99.10% | 99.10% | 99.12% | 27 | model.width=256 |" in table
     peers.figure(report, tmp_path / "whole.png")
     assert (tmp_path / "whole.png").stat().st_size > 10_000
+
+    # A race in parts: a method short of its seeds is not ranked yet; the others are, over theirs.
+    report["seeds"]["stock"] = [0, 1]
+    report["methods"]["stock"] = {"searches": {"0": search(trial("e", 100, 0.999))}, "refit": None}
+    ranks = {name: rows[600]["mean_rank"] for name, rows in peers.summarise(report).items()
+             if "mean_rank" in rows[600]}
+    assert ranks == {"ours": 1.0, "Ray Tune": 2.0}
+    assert "| stock | 1 | 99.90% (99.90%–99.90%); 1 trials, 1 epochs |" in peers.markdown(report)
