@@ -8,7 +8,8 @@ or with --cpus N on an N-CPU cluster, N trials side by side, each given one CPU
 With --head-start the preset's recipe is the first point (OptunaSearch's `points_to_evaluate`).
 
 The trainable is the project's own training (`peer_trials.run_trial`), reporting to Tune after
-every epoch through the training API's per-epoch callback (the last one once the run has ended). Trials go to OUT/trials/TRIAL_ID/.
+every epoch through the training API's per-epoch callback (the last one once the run has ended).
+Trials go to OUT/trials/TRIAL_ID/.
 """
 
 import ray

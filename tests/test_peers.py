@@ -203,13 +203,13 @@ def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnis
             assert SEARCHED <= keys, f"{name}: {trial['params']}"
             width = next(p for p in trial["params"] if p.startswith("model.width="))
             assert width.split("=")[1] in ("16", "256"), f"{name}: the narrowed space was not used"
-        # The refit trains the best trial by the budget; better than chance (10 %), whichever
-        # trial that is (a method that had time for one poor trial refits that one).
         # A trial that trained every epoch read the test set for the weights it kept (Ray Tune
         # ends a trial inside its last report: that report waits for the run's end).
         trained_through = [t for t in load_searches(method)["0"] if len(t.epochs) == 2]
         assert not trained_through or any(
             e.test_accuracy is not None for t in trained_through for e in t.epochs), name
+        # The refit trains the best trial by the budget; better than chance (10 %), whichever
+        # trial that is (a method that had time for one poor trial refits that one).
         best = best_by(load_searches(method)["0"], budget_s)
         assert method["refit"]["trial_dir"] == best.run_dir, f"{name}: {method['refit']}"
         assert 0.1 < method["refit"]["test_accuracy_mean"] <= 1, f"{name}: {method['refit']}"

@@ -71,9 +71,9 @@ def test_resume_after_kill_9_keeps_every_finished_trial_and_goes_on_with_the_kil
             if not frozen:
                 os.kill(first.pid, signal.SIGCONT)
         time.sleep(0.05)
-    assert frozen, "the sweep never had two trials done and a third in its third epoch"
     os.kill(first.pid, signal.SIGKILL)
     first.wait()
+    assert frozen, "the sweep never had two trials done and a third in its third epoch"
     before = {t.number: t for t in trials_of(storage) if t.state == TrialState.COMPLETE}
     assert 2 <= len(before) < n_trials
     metrics_before = {n: Path(t.user_attrs["run_dir"], "metrics.json").read_bytes()
