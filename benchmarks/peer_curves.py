@@ -141,28 +141,32 @@ def time_to(trials: list[Trial], target: float, at_s: float) -> float | None:
 
 
 # Where a whole machine's core time went (core_time), in the order the table shows it.
-CORE_USES = ("training", "in trials, not training", "outside trials")
+CORE_USES = ("training", "between epochs", "in trials, other", "outside trials")
 
 
 def core_time(trials: list[Trial], at_s: float, cores: int) -> dict[str, float]:
     """The fractions of `cores` x `at_s` core-seconds spent training (each epoch that ended by
-    `at_s`: its training seconds before its end), in trials but not training (a trial's run from
-    its start to its end, or to `at_s` while it ran: set-up, evaluation), and outside any trial
-    (start-up, sampling, waiting, idle cores). A trial occupies its torch threads' cores; at any
-    moment at most `cores` count."""
-    training, running = [], []
+    `at_s`: its training seconds before its end), between epochs (from one epoch's end to the
+    next one's training: that epoch's records and reports, the next one's evaluation), in trials
+    otherwise (a trial's run from its start to its end, or to `at_s` while it ran: set-up, the
+    first epoch's evaluation, the end) and outside any trial (start-up, sampling, waiting, idle
+    cores). A trial occupies its torch threads' cores; at any moment at most `cores` count."""
+    training, between, running = [], [], []
     for trial in trials:
         threads = trial.threads or 1
-        training += [(max(e.at_s - e.seconds, 0.0), e.at_s, threads)
-                     for e in trial.epochs_by(at_s) if e.seconds]
+        epochs = [e for e in trial.epochs_by(at_s) if e.seconds]
+        training += [(max(e.at_s - e.seconds, 0.0), e.at_s, threads) for e in epochs]
+        between += [(before.at_s, after.at_s - after.seconds, threads)
+                    for before, after in zip(epochs, epochs[1:])]
         if trial.started_s < at_s:
             end = at_s if trial.ended_s is None else min(max(trial.ended_s, trial.started_s), at_s)
             running.append((max(trial.started_s, 0.0), end, threads))
     total = cores * at_s
-    trained, ran = busy(training, cores) / total, busy(running, cores) / total
-    ran = max(ran, trained)
-    return {"training": trained, "in trials, not training": ran - trained,
-            "outside trials": 1 - ran}
+    trained = busy(training, cores) / total
+    stepped = max(busy(training + between, cores) / total, trained)
+    ran = max(busy(running, cores) / total, stepped)
+    return {"training": trained, "between epochs": stepped - trained,
+            "in trials, other": ran - stepped, "outside trials": 1 - ran}
 
 
 def busy(intervals: list[tuple[float, float, int]], cores: int) -> float:

@@ -42,10 +42,10 @@ Regimes: full (full MNIST), small (the first 10000 training images, dataset.trai
 5 seeds a method in full, 3 in small. Beside the best so far at 2, 5 and 10 minutes it reports the
 time each search took to reach two validation targets (full: 99.0 % and 99.2 %; small: the
 preset's recipe trained on the same 10000 images, measured once before the race and kept in the
-json, and that + 0.5 point) and where the core-seconds went (training, in trials, idle). Results
-in benchmarks/results/peers_whole_machine_REGIME.{json,md,png}. It runs in parts:
-`--max-minutes M` starts no job that cannot end within M minutes of the part's start, and the
-next part (`--resume`) runs what is left.
+json, and that + 0.5 point) and where the core-seconds went (training, between epochs, in
+trials, idle). Results in benchmarks/results/peers_whole_machine_REGIME.{json,md,png}. It runs
+in parts: `--max-minutes M` starts no job that cannot end within M minutes of the part's start,
+and the next part (`--resume`) runs what is left.
 """
 
 import argparse
@@ -790,9 +790,10 @@ def markdown_whole(report: dict) -> str:
                          + " | ".join(cells) + " |")
     lines += ["", f"Where the core-seconds went ({cores_n} cores x {minutes(budget)}; means over "
               "seeds): training (each epoch's training seconds that ended within the budget, "
-              "times its trial's torch threads), in trials but not training (set-up, evaluation, "
-              "an epoch cut by the budget), and outside any trial (start-up, sampling, waiting, "
-              "idle cores):", "",
+              "times its trial's torch threads), between a trial's epochs (an epoch's records "
+              "and reports, the next one's evaluation), in trials otherwise (set-up, the first "
+              "epoch's evaluation, an epoch cut by the budget, the end), and outside any trial "
+              "(start-up, sampling, waiting, idle cores):", "",
               "| method | " + " | ".join(CORE_USES) + " |", "| --- |" + " ---: |" * len(CORE_USES)]
     for name, rows in summary.items():
         lines.append(f"| {name} | " + " | ".join(f"{rows['core_time'][k]:.0%}" for k in CORE_USES)

@@ -205,12 +205,13 @@ def test_every_method_searches_the_preset_space_within_its_budget(tmp_path, mnis
             assert width.split("=")[1] in ("16", "256"), f"{name}: the narrowed space was not used"
         # A trial that trained every epoch read the test set for the weights it kept (Ray Tune
         # ends a trial inside its last report: that report waits for the run's end).
-        trained_through = [t for t in load_searches(method)["0"] if len(t.epochs) == 2]
+        seed_0 = load_searches(method)["0"]
+        trained_through = [t for t in seed_0 if len(t.epochs) == 2]
         assert not trained_through or any(
             e.test_accuracy is not None for t in trained_through for e in t.epochs), name
         # The refit trains the best trial by the budget; better than chance (10 %), whichever
         # trial that is (a method that had time for one poor trial refits that one).
-        best = best_by(load_searches(method)["0"], budget_s)
+        best = best_by(seed_0, budget_s)
         assert method["refit"]["trial_dir"] == best.run_dir, f"{name}: {method['refit']}"
         assert 0.1 < method["refit"]["test_accuracy_mean"] <= 1, f"{name}: {method['refit']}"
     for name in METHODS:
@@ -426,7 +427,9 @@ def test_training_share_of_the_core_seconds_and_time_to_a_target():
               trial("c", 55, None, 1, (90, 0.97, 30))]
     share = core_time(trials, 100, 2)
     assert share["training"] == pytest.approx((15 + 15 + 40 + 30) / 200)
-    assert share["in trials, not training"] == pytest.approx((50 + 90 + 45 - 100) / 200)
+    # a's second epoch trained from 25 to 40: 20-25 was between its epochs
+    assert share["between epochs"] == pytest.approx(5 / 200)
+    assert share["in trials, other"] == pytest.approx((50 + 90 + 45 - 100 - 5) / 200)
     assert share["outside trials"] == pytest.approx(1 - 185 / 200)
     # one process of two threads: its epochs count both cores, never more than the machine's
     wide = [trial("d", 0, 80, 2, (30, 0.9, 25), (60, 0.9, 25)),
@@ -462,7 +465,8 @@ def test_the_whole_machine_table_names_its_commands_targets_and_core_time(tmp_pa
                             "2026-12-06 10:00\n```\n\nCPU: Some CPU; 2 cores; torch 2.14.1;")
     assert "| ours | 2 | 1.7 min (0 of 2 never) | 6.7 min (1 of 2 never) |" in table
     assert "| Ray Tune | 2 | 8.3 min (1 of 2 never) | never (2 of 2 never) |" in table
-    assert "| method | training | in trials, not training | outside trials |" in table
+    assert ("| method | training | between epochs | in trials, other | outside trials |"
+            in table)
     assert "| ours | 0 | 99.10% | 99.10% | 99.12% | 27 | model.width=256 |" in table
     peers.figure(report, tmp_path / "whole.png")
     assert (tmp_path / "whole.png").stat().st_size > 10_000
