@@ -149,8 +149,9 @@ def core_time(trials: list[Trial], at_s: float, cores: int) -> dict[str, float]:
     `at_s`: its training seconds before its end), between epochs (from one epoch's end to the
     next one's training: that epoch's records and reports, the next one's evaluation), in trials
     otherwise (a trial's run from its start to its end, or to `at_s` while it ran: set-up, the
-    first epoch's evaluation, the end) and outside any trial (start-up, sampling, waiting, idle
-    cores). A trial occupies its torch threads' cores; at any moment at most `cores` count."""
+    first epoch's evaluation, an epoch cut by the budget, the end) and outside any trial
+    (start-up, sampling, waiting, idle cores). A trial occupies its torch threads' cores; at any
+    moment at most `cores` count, training first, then time between epochs, then the rest."""
     training, between, running = [], [], []
     for trial in trials:
         threads = trial.threads or 1

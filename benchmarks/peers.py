@@ -863,10 +863,11 @@ def figure(report: dict, path: Path) -> None:
                 lead = medians["ours"][at] - max(others)
                 # at the top, clear of the legend; the last one left of its line, inside
                 last = at_s == max(report["checkpoints_s"])
-                ax.annotate(f"ours {lead:+.2f} pt", (at_s / 60, ax.get_ylim()[1]),
-                            xytext=(-3 if last else 3, -4), textcoords="offset points",
-                            ha="right" if last else "left", va="top", fontsize=8,
-                            color="green" if lead > 0 else "red")
+                colour = "grey" if round(lead, 2) == 0 else "green" if lead > 0 else "red"
+                ax.annotate(f"ours {lead:+.2f} pt", (at_s / 60, 1),
+                            xycoords=("data", "axes fraction"), xytext=(-3 if last else 3, -4),
+                            textcoords="offset points", ha="right" if last else "left",
+                            va="top", fontsize=8, color=colour)
     whole = report.get("mode") == "whole machine"
     for target in report.get("targets") or []:
         ax.axhline(100 * target, color="black", linestyle="--", linewidth=0.8, alpha=0.5)

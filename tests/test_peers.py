@@ -436,6 +436,9 @@ def test_training_share_of_the_core_seconds_and_time_to_a_target():
             trial("e", 0, 80, 2, (30, 0.9, 25))]             # oversubscribed: still 2 cores
     assert core_time(wide, 100, 2)["training"] == pytest.approx((2 * 25 + 2 * 25) / 200)
     assert core_time(wide, 100, 2)["outside trials"] == pytest.approx(0.2)
+    # d's gap (30-35) on both cores; the rest of their runs is set-up and end
+    assert core_time(wide, 100, 2)["between epochs"] == pytest.approx(2 * 5 / 200)
+    assert core_time(wide, 100, 2)["in trials, other"] == pytest.approx((160 - 110) / 200)
     assert time_to(trials, 0.96, 100) == 60 and time_to(trials, 0.99, 100) is None
     assert time_to(trials, 0.99, 120) == 110
 
